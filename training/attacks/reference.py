@@ -1,0 +1,250 @@
+"""APGD, FAB, Square and AutoAttack from the reference implementation (Croce & Hein's
+code, packaged on PyPI as ``pyautoattack``; version and hash pinned in pyproject's
+``train`` extra), wrapped in the ``Attack`` interface.
+
+The reference seeds the global RNG; the wrappers run it inside ``torch.random.fork_rng``
+so calling an attack leaves the caller's random state untouched. The reference attacks
+return the adversarial example only for samples they fooled (the clean image otherwise)
+and skip samples that are already misclassified.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .base import Attack, Model
+
+LOGGER = logging.getLogger("auto-attack")
+
+
+def _reference():
+    import pyautoattack
+
+    return pyautoattack
+
+
+def _isolated_rng(x: torch.Tensor, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+    devices = [x.device.index or 0] if x.is_cuda else []
+    with torch.random.fork_rng(devices=devices):
+        return fn()
+
+
+class APGD(Attack):
+    """Auto-PGD (Croce & Hein 2020), L-inf, untargeted, step-size free; ``loss`` "ce"
+    (APGD-CE, the default) or "dlr". Reference defaults: 100 iterations, 1 restart,
+    rho 0.75; ``eot_samples`` averages gradients over random pipelines."""
+
+    name = "apgd-ce"
+    paper = "Croce, Hein. Reliable evaluation of adversarial robustness with an ensemble of diverse parameter-free attacks. ICML 2020"  # noqa: E501
+
+    def __init__(
+        self,
+        model: Model,
+        eps: float,
+        steps: int = 100,
+        *,
+        restarts: int = 1,
+        loss: str = "ce",
+        rho: float = 0.75,
+        eot_samples: int = 1,
+        seed: int = 0,
+    ):
+        super().__init__(model, eps, seed=seed)
+        if steps < 0 or restarts < 1 or eot_samples < 1:
+            raise ValueError("steps must be >= 0, restarts and eot_samples >= 1")
+        if loss not in ("ce", "dlr"):
+            raise ValueError(f"loss must be 'ce' or 'dlr', got {loss!r}")
+        self.steps, self.restarts, self.loss, self.rho = int(steps), restarts, loss, rho
+        self.eot_samples = eot_samples
+        self.name = f"apgd-{loss}"
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.eps == 0 or self.steps == 0:
+            return x.clone()
+        attack = _reference().APGDAttack(
+            self.model,
+            n_iter=self.steps,
+            norm="Linf",
+            n_restarts=self.restarts,
+            eps=self.eps,
+            seed=self.seed,
+            loss=self.loss,
+            eot_iter=self.eot_samples,
+            rho=self.rho,
+            device=x.device,
+            logger=LOGGER,
+        )
+        return _isolated_rng(x, lambda: attack.perturb(x, y))
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            **super().settings(),
+            "steps": self.steps,
+            "restarts": self.restarts,
+            "loss": self.loss,
+            "rho": self.rho,
+            "eot_samples": self.eot_samples,
+        }
+
+
+class APGDT(Attack):
+    """Targeted APGD on the DLR loss (APGD-T of AutoAttack), L-inf: 100 iterations for
+    each of the ``n_target_classes`` (9) most likely wrong classes, 1 restart."""
+
+    name = "apgd-t"
+    paper = APGD.paper
+
+    def __init__(
+        self,
+        model: Model,
+        eps: float,
+        steps: int = 100,
+        *,
+        n_target_classes: int = 9,
+        seed: int = 0,
+    ):
+        super().__init__(model, eps, seed=seed)
+        self.steps, self.n_target_classes = int(steps), int(n_target_classes)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.eps == 0 or self.steps == 0:
+            return x.clone()
+        attack = _reference().APGDAttack_targeted(
+            self.model,
+            n_iter=self.steps,
+            norm="Linf",
+            n_restarts=1,
+            eps=self.eps,
+            seed=self.seed,
+            n_target_classes=self.n_target_classes,
+            device=x.device,
+            logger=LOGGER,
+        )
+        return _isolated_rng(x, lambda: attack.perturb(x, y))
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            **super().settings(),
+            "steps": self.steps,
+            "n_target_classes": self.n_target_classes,
+        }
+
+
+class FABT(Attack):
+    """Targeted FAB (Croce & Hein 2020, "Minimally distorted adversarial examples with a
+    fast adaptive boundary attack"), L-inf, as in AutoAttack: 100 iterations for each of
+    the 9 most likely wrong classes, 1 restart; only examples within ``eps`` count."""
+
+    name = "fab-t"
+    paper = "Croce, Hein. Minimally distorted adversarial examples with a fast adaptive boundary attack. ICML 2020"  # noqa: E501
+
+    def __init__(
+        self,
+        model: Model,
+        eps: float,
+        steps: int = 100,
+        *,
+        n_target_classes: int = 9,
+        seed: int = 0,
+    ):
+        super().__init__(model, eps, seed=seed)
+        self.steps, self.n_target_classes = int(steps), int(n_target_classes)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.eps == 0 or self.steps == 0:
+            return x.clone()
+        attack = _reference().FABAttack_PT(
+            self.model,
+            norm="Linf",
+            n_restarts=1,
+            n_iter=self.steps,
+            eps=self.eps,
+            seed=self.seed,
+            targeted=True,
+            device=x.device,
+            n_target_classes=self.n_target_classes,
+        )
+        return _isolated_rng(x, lambda: attack.perturb(x, y))
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            **super().settings(),
+            "steps": self.steps,
+            "n_target_classes": self.n_target_classes,
+        }
+
+
+class Square(Attack):
+    """Square Attack (Andriushchenko et al. 2020), L-inf, score-based black-box on the
+    margin loss: 5000 queries, p_init 0.8, 1 restart (AutoAttack's standard setting)."""
+
+    name = "square"
+    paper = "Andriushchenko et al. Square attack: a query-efficient black-box adversarial attack via random search. ECCV 2020"  # noqa: E501
+    uses_gradients = False
+
+    def __init__(
+        self, model: Model, eps: float, queries: int = 5000, *, p_init: float = 0.8, seed: int = 0
+    ):
+        super().__init__(model, eps, seed=seed)
+        self.queries, self.p_init = int(queries), float(p_init)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.eps == 0 or self.queries == 0:
+            return x.clone()
+        attack = _reference().SquareAttack(
+            self.model,
+            norm="Linf",
+            n_queries=self.queries,
+            eps=self.eps,
+            p_init=self.p_init,
+            n_restarts=1,
+            seed=self.seed,
+            device=x.device,
+            resc_schedule=False,
+        )
+        return _isolated_rng(x, lambda: attack.perturb(x, y))
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "queries": self.queries, "p_init": self.p_init}
+
+
+class AutoAttack(Attack):
+    """Standard AutoAttack (Croce & Hein 2020), L-inf, the reference cascade at full
+    budget: APGD-CE (100 it.), APGD-T (9 targets x 100 it.), FAB-T (9 x 100 it.), Square
+    (5000 queries); each attack runs only on the samples all earlier ones failed on."""
+
+    name = "autoattack"
+    paper = APGD.paper
+
+    def __init__(self, model: Model, eps: float, *, version: str = "standard", seed: int = 0):
+        super().__init__(model, eps, seed=seed)
+        self.version = version
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.eps == 0:
+            return x.clone()
+        attack = _reference().AutoAttack(
+            self.model,
+            eps=self.eps,
+            norm="Linf",
+            version=self.version,
+            seed=self.seed,
+            device=x.device,
+        )
+
+        def run() -> torch.Tensor:
+            x_adv, _ = attack.run_standard_evaluation(x, y, batch_size=x.shape[0])
+            return x_adv
+
+        return _isolated_rng(x, run)
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            **super().settings(),
+            "version": self.version,
+            "components": "apgd-ce(100) apgd-t(9x100) fab-t(9x100) square(5000)",
+        }
