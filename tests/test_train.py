@@ -1,0 +1,188 @@
+"""Training commands on a tiny generated dataset (IDX files in a temp dir)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.__main__ import main
+from training.checkpoint import load_model, read_meta
+from training.train import TrainConfig, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def make_tiny_dataset(root: Path, n_train: int = 320, n_test: int = 64, size: int = 12) -> Path:
+    """Ten classes, each a bright square at its own position on a noisy background: easy
+    enough that a few dozen SGD steps separate them."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 60, (n, size, size))
+        for i, label in enumerate(labels):
+            r, c = divmod(int(label), 4)
+            images[i, 1 + 3 * r : 4 + 3 * r, 1 + 3 * c : 3 + 3 * c] = 255
+        _write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
+        _write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    return make_tiny_dataset(tmp_path_factory.mktemp("data"))
+
+
+def tiny_config(tmp_path: Path, data_dir: Path, **overrides) -> TrainConfig:
+    values = dict(
+        name="run", runs_dir=str(tmp_path), dataset="fashion-mnist", data_dir=str(data_dir),
+        width=4, epochs=2, batch_size=32, lr=0.05, milestones=(), val_images=64,
+        augment=False, compile=False, progress=False, seed=3,
+    )  # fmt: skip
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def read_log(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_classifier_loss_falls_and_run_is_recorded(tmp_path, tiny_data):
+    summary = train(tiny_config(tmp_path, tiny_data, epochs=3))
+    run_dir = Path(summary["run_dir"])
+    log = read_log(run_dir)
+    assert [r["epoch"] for r in log] == [1, 2, 3]
+    assert log[-1]["train_loss"] < log[0]["train_loss"]
+    assert log[-1]["val_acc"] > 30  # chance is 10%
+    for name in ("config.json", "latest.safetensors", "best.safetensors", "curves.png"):
+        assert (run_dir / name).exists(), name
+    model, meta = load_model(run_dir)
+    assert meta["dataset"] == "fashion-mnist" and meta["kind"] == "train-classifier"
+    assert meta["config"]["width"] == 4
+
+
+def test_resume_matches_uninterrupted_run(tmp_path, tiny_data):
+    full = train(tiny_config(tmp_path / "a", tiny_data, epochs=2))
+    train(tiny_config(tmp_path / "b", tiny_data, epochs=1))
+    # the "interrupted" run is continued with a longer schedule: --resume with epochs 2
+    cfg = tiny_config(tmp_path / "b", tiny_data, epochs=2)
+    config_path = tmp_path / "b" / "run" / "config.json"
+    saved = json.loads(config_path.read_text())
+    saved["epochs"] = 2  # same run, extended (as a killed 2-epoch run would be)
+    config_path.write_text(json.dumps(saved))
+    resumed = train(cfg, resume=True)
+    assert resumed["rank_param_digests"] == full["rank_param_digests"]
+    assert [r["epoch"] for r in read_log(tmp_path / "b" / "run")] == [1, 2]
+    assert read_log(tmp_path / "b" / "run")[-1]["train_loss"] == pytest.approx(
+        read_log(tmp_path / "a" / "run")[-1]["train_loss"]
+    )
+
+
+def test_existing_run_is_refused_without_force(tmp_path, tiny_data, capsys):
+    args = [
+        "train-classifier", "--runs-dir", str(tmp_path), "--name", "r", "--data-dir",
+        str(tiny_data), "--width", "4", "--epochs", "1", "--batch-size", "64",
+        "--no-compile", "--no-progress", "--val-images", "32",
+    ]  # fmt: skip
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already holds a run" in err[0] and "--force" in err[0]
+    assert main([*args, "--force"]) == 0
+    moved = [p.name for p in tmp_path.iterdir() if p.name.startswith("r.replaced-")]
+    assert len(moved) == 1  # the old run was moved aside, not deleted
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--model", "no_such_net"], "unknown classifier"),
+        (["--eval-eps", "-0.1"], "--eval-eps must be >= 0"),
+        (["--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"], "not found in /nonexistent"),
+        (["--thresholds", "1.6,0.6"], "increasing"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, extra, needle):
+    code = main(["train-classifier", "--runs-dir", str(tmp_path), "--epochs", "1", *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and needle in err[0], err
+
+
+def test_unknown_command_option_exits_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["adv-train", "--adv-steps", "many"])
+    assert exc.value.code == 2
+
+
+def test_adversarial_training_uses_examples_inside_the_ball(tmp_path, tiny_data, monkeypatch):
+    from training import attacks
+    from training import train as train_module
+
+    seen = []
+    real_pgd = attacks.pgd
+
+    def recording_pgd(model, x, y, eps, alpha, steps, **kw):
+        x_adv = real_pgd(model, x, y, eps, alpha, steps, **kw)
+        seen.append(((x_adv - x).abs().max().item(), x_adv.min().item(), x_adv.max().item(), eps))
+        return x_adv
+
+    monkeypatch.setattr(attacks, "pgd", recording_pgd)
+    cfg = tiny_config(tmp_path, tiny_data, command="adv-train", epochs=1, adv_eps=0.1,
+                      adv_alpha=0.05, adv_steps=2)  # fmt: skip
+    summary = train(cfg)
+    assert seen, "adversarial training never called PGD"
+    for linf, lo, hi, eps in seen:
+        assert eps == 0.1 and linf <= eps + 1e-6 and lo >= 0 and hi <= 1
+    assert any(linf > 0.05 for linf, *_ in seen)  # the examples really are perturbed
+    assert "val_robust_acc" in summary["final"]
+    assert train_module  # imported for monkeypatching the attack module
+
+
+def test_purifier_training_lowers_reconstruction_error(tmp_path, tiny_data):
+    classifier = train(tiny_config(tmp_path, tiny_data, name="clf", epochs=3))
+    cfg = tiny_config(
+        tmp_path, tiny_data, command="train-purifier", name="pur", classifier=classifier["run_dir"],
+        epochs=3, lr=3e-3, batch_size=32, eval_eps=0.1, charbonnier_epochs=1, beta=0.5,
+    )  # fmt: skip
+    summary = train(cfg)
+    log = read_log(Path(summary["run_dir"]))
+    assert log[-1]["train_rec"] < log[0]["train_rec"]
+    assert log[-1]["train_loss"] < log[0]["train_loss"]
+    meta = read_meta(Path(summary["run_dir"]) / "best.safetensors")
+    assert meta["attack"] == {"name": "fgsm", "eps": pytest.approx(0.2), "steps": 7}
+    purifier, _ = load_model(summary["run_dir"])
+    purified, noise = purifier(torch.rand(2, 1, 12, 12))
+    assert purified.shape == noise.shape == (2, 1, 12, 12)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is exercised on Linux")
+def test_distributed_two_processes_stay_in_sync(tmp_path, tiny_data):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_port", "0", "-m", "training", "train-classifier",
+        "--runs-dir", str(tmp_path), "--name", "ddp", "--data-dir", str(tiny_data),
+        "--width", "4", "--epochs", "1", "--batch-size", "32", "--no-augment",
+        "--no-compile", "--no-progress", "--val-images", "32", "--device", "cpu",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    digests = summary["rank_param_digests"]
+    assert len(digests) == 2 and digests[0] == digests[1]
