@@ -8,8 +8,10 @@ change that the tests no longer match fails loudly instead of testing something 
 
 from __future__ import annotations
 
+import grp
 import json
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -17,8 +19,13 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import httpx
+import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -41,6 +48,13 @@ def find_binary(name: str, *candidates: str) -> str | None:
         if os.access(path, os.X_OK):
             return path
     return None
+
+
+def require_binary(name: str, *candidates: str, package: str) -> str:
+    binary = find_binary(name, *candidates)
+    if binary is None:
+        pytest.skip(f"{name} not installed: the Makefile's setup installs Debian's {package}")
+    return binary
 
 
 def free_port() -> int:
@@ -77,7 +91,14 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: fl
 class Daemon:
     """A subprocess with its output in a log file, stopped with SIGTERM (then SIGKILL)."""
 
-    def __init__(self, name: str, argv: list[str], log_dir: Path, env: dict | None = None):
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        log_dir: Path,
+        env: dict | None = None,
+        cwd: Path | None = None,
+    ):
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("wb")
@@ -87,12 +108,13 @@ class Daemon:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
-            cwd=log_dir,
+            cwd=cwd or log_dir,
             start_new_session=True,
         )
 
     def log_tail(self, chars: int = 4000) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")[-chars:]
 
     def assert_running(self) -> None:
@@ -111,6 +133,66 @@ class Daemon:
                 self.proc.wait(timeout=5)
         self._log.close()
         return self.proc.returncode
+
+
+# --- the gateway and Prometheus, rendered for 127.0.0.1 --------------------------------------
+
+
+@dataclass(frozen=True)
+class Gateway:
+    url: str  # public server (compose: published 8080)
+    status_url: str  # internal server (compose: 8081, unpublished)
+    daemon: Daemon
+
+
+def start_nginx(upstream: str, workdir: Path) -> Gateway:
+    """Debian's nginx on deploy/nginx/nginx.conf, proxying to ``upstream`` (host:port)."""
+    nginx = require_binary("nginx", "/usr/sbin/nginx", package="nginx-light")
+    public, internal = free_port(), free_port()
+    conf = workdir / "nginx.conf"
+    conf.write_text(
+        render(
+            NGINX_CONF.read_text(),
+            {
+                "listen 8080;": f"listen 127.0.0.1:{public};",
+                "listen 8081;": f"listen 127.0.0.1:{internal};",
+                "http://api:8000": f"http://{upstream}",
+            },
+        )
+    )
+    directives = f"daemon off; pid {workdir}/nginx.pid;"
+    if os.geteuid() == 0:
+        # As root nginx would hand its workers to "nobody"; keep them as the current user.
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        directives += f" user {user} {grp.getgrgid(os.getegid()).gr_name};"
+    argv = [nginx, "-p", f"{workdir}/", "-e", "stderr", "-c", str(conf), "-g", directives]
+    daemon = Daemon("nginx", argv, workdir)
+    gateway = Gateway(f"http://127.0.0.1:{public}", f"http://127.0.0.1:{internal}", daemon)
+
+    def up() -> bool:
+        daemon.assert_running()
+        return httpx.get(f"{gateway.status_url}/healthz", timeout=2).status_code == 200
+
+    try:
+        wait_until(up, 20, "nginx")
+    except BaseException:
+        daemon.stop()
+        raise
+    return gateway
+
+
+def render_prometheus_config(service_target: str, exporter_target: str) -> dict:
+    config = yaml.safe_load(PROMETHEUS_CONF.read_text())
+    config["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    api = jobs["spikeguard-api"]
+    dns = api.pop("dns_sd_configs")
+    assert [entry["names"] for entry in dns] == [["api"]], "api job no longer resolves `api`"
+    api["static_configs"] = [{"targets": [service_target]}]
+    nginx_targets = jobs["nginx"]["static_configs"][0]["targets"]
+    assert nginx_targets == ["nginx-exporter:9113"], "nginx job changed; update the rendering"
+    jobs["nginx"]["static_configs"][0]["targets"] = [exporter_target]
+    return config
 
 
 # --- PromQL metric names ------------------------------------------------------------------
@@ -206,8 +288,6 @@ def dashboard_exprs(path: Path) -> list[str]:
 
 
 def rule_groups(path: Path) -> list[dict]:
-    import yaml
-
     return yaml.safe_load(path.read_text())["groups"]
 
 
