@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -21,10 +22,19 @@ from .base import Attack, Model
 LOGGER = logging.getLogger("auto-attack")
 
 
-def _reference():
-    import pyautoattack
+def _reference() -> SimpleNamespace:
+    from pyautoattack.autoattack import AutoAttack as ReferenceAutoAttack
+    from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+    from pyautoattack.fab_pt import FABAttack_PT
+    from pyautoattack.square import SquareAttack
 
-    return pyautoattack
+    return SimpleNamespace(
+        APGDAttack=APGDAttack,
+        APGDAttack_targeted=APGDAttack_targeted,
+        FABAttack_PT=FABAttack_PT,
+        SquareAttack=SquareAttack,
+        AutoAttack=ReferenceAutoAttack,
+    )
 
 
 def _isolated_rng(x: torch.Tensor, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
