@@ -11,6 +11,7 @@ downloaded at run time.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -68,11 +69,17 @@ class DatasetInfo:
 
 
 def _read_idx(path: Path) -> np.ndarray:
+    """An IDX file of unsigned bytes (magic ``00 00 08 <ndim>``, big-endian sizes)."""
     with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
         data = f.read()
+    if len(data) < 4 or data[:3] != b"\x00\x00\x08":
+        raise ValueError(f"{path} is not an IDX file of unsigned bytes")
     ndim = data[3]
+    offset = 4 + 4 * ndim
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    if len(data) != offset + math.prod(shape):
+        raise ValueError(f"{path} is truncated or corrupt: {len(data)} bytes for shape {shape}")
+    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(shape)
 
 
 def _find(root: Path, stem: str) -> Path:
@@ -91,6 +98,8 @@ def _load_idx_dataset(root: Path, train: bool) -> Split:
     prefix = "train" if train else "t10k"
     images = _read_idx(_find(root, f"{prefix}-images-idx3-ubyte"))
     labels = _read_idx(_find(root, f"{prefix}-labels-idx1-ubyte"))
+    if len(images) != len(labels):
+        raise ValueError(f"{root}: {len(images)} {prefix} images but {len(labels)} labels")
     return Split(
         torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
     )
@@ -182,7 +191,7 @@ def load_split(name: str, train: bool, data_dir: str | os.PathLike | None = None
     root = resolve_dir(info, data_dir)
     try:
         return info.loader(root, train)
-    except (FileNotFoundError, RuntimeError, OSError) as exc:
+    except (FileNotFoundError, RuntimeError, OSError, ValueError) as exc:
         raise DatasetNotFoundError(
             f"dataset {name!r} not found in {root} ({type(exc).__name__}: {exc}); {info.how_to_get}"
         ) from None
