@@ -1,0 +1,118 @@
+"""``create_app(settings)``: the FastAPI application.
+
+Start-up (lifespan) begins loading the model in the background and returns at once, so
+``/healthz`` answers while the model loads; ``/readyz`` turns 200 when the manifest, the
+files' sha256, the sessions and a warm-up batch have all checked out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import __version__
+from .config import Settings
+from .errors import error_response, install_error_handlers
+from .metrics import Metrics
+from .routes import classify, health, metrics, purify, v2
+from .state import ServiceState
+
+log = logging.getLogger("spikeguard.service")
+
+# multipart framing around the file itself
+UPLOAD_OVERHEAD_BYTES = 64 * 1024
+
+
+class RequestMetricsMiddleware:
+    """Latency per route template and status class, requests in flight, and an early 413
+    for bodies whose declared length is over the limit (before anything is read)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int):
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        self.metrics.inflight.inc()
+        try:
+            declared = _content_length(scope)
+            if declared is not None and declared > self.max_body_bytes:
+                self.metrics.rejected.labels(reason="too_large").inc()
+                response = error_response(
+                    413,
+                    "too_large",
+                    f"request body of {declared} bytes exceeds the limit of {self.max_body_bytes}",
+                )
+                await response(scope, receive, send_and_record)
+                return
+            await self.app(scope, receive, send_and_record)
+        finally:
+            self.metrics.inflight.dec()
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            self.metrics.request_duration.labels(
+                endpoint=endpoint, status_class=f"{status // 100}xx"
+            ).observe(time.perf_counter() - start)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for key, value in scope.get("headers", ()):
+        if key == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    service: ServiceState = app.state.service
+    loading = asyncio.create_task(service.load(), name="load-model")
+    try:
+        yield
+    finally:
+        loading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loading
+        await service.close()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    service = ServiceState(settings)
+    app = FastAPI(
+        title="spikeguard",
+        summary="Purified classification: a spiking purifier in front of a spiking classifier",
+        version=__version__,
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.state.metrics = service.metrics
+    install_error_handlers(app)
+    for module in (classify, purify, health, v2, metrics):
+        app.include_router(module.router)
+    app.add_middleware(
+        RequestMetricsMiddleware,
+        metrics=service.metrics,
+        max_body_bytes=settings.max_upload_bytes + UPLOAD_OVERHEAD_BYTES,
+    )
+    return app

@@ -1,0 +1,191 @@
+"""Dynamic micro-batching.
+
+Requests put a ``Job`` (one or more images and what to do with them) on a bounded queue
+and await its future. One worker task takes the first waiting job, gathers more until the
+batch holds ``max_batch_size`` images or ``batch_wait_ms`` has passed since the first was
+taken, and runs the batch in a dedicated worker thread so the event loop keeps accepting
+and decoding requests meanwhile. A full queue refuses new jobs at once (``Overloaded``)
+instead of letting latency grow without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .metrics import Metrics
+from .runtime import StageResult
+
+log = logging.getLogger("spikeguard.batching")
+
+
+class Overloaded(Exception):
+    """The queue is full; the client should retry later."""
+
+
+@dataclass
+class Job:
+    images: np.ndarray  # [n, C, H, W] float32 in [0, 1]
+    purify: bool
+    classify: bool
+    future: asyncio.Future = field(repr=False)
+    enqueued: float = field(default_factory=time.perf_counter)
+
+    @property
+    def size(self) -> int:
+        return len(self.images)
+
+
+@dataclass
+class JobResult:
+    result: StageResult  # this job's rows only
+    batch_size: int  # images in the batch the job ran in
+    queue_seconds: float
+
+
+RunBatch = Callable[[np.ndarray, np.ndarray, np.ndarray], StageResult]
+
+
+class MicroBatcher:
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        metrics: Metrics,
+        *,
+        max_batch_size: int,
+        batch_wait_ms: float,
+        queue_size: int,
+    ):
+        self._run_batch = run_batch
+        self._metrics = metrics
+        self.max_batch_size = max_batch_size
+        self._wait = batch_wait_ms / 1000.0
+        self._queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=queue_size)
+        self._carried: Job | None = None  # taken from the queue but did not fit the last batch
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._worker(), name="batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for job in self._drain():
+            if not job.future.done():
+                job.future.set_exception(Overloaded("the service is shutting down"))
+        self._executor.shutdown(wait=True)
+
+    def _drain(self) -> list[Job]:
+        jobs = [self._carried] if self._carried else []
+        self._carried = None
+        while not self._queue.empty():
+            jobs.append(self._queue.get_nowait())
+        return jobs
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize() + (1 if self._carried else 0)
+
+    async def submit(
+        self, images: np.ndarray, *, purify: bool, classify: bool, timeout: float
+    ) -> JobResult:
+        """Queues ``images`` and waits for their results. Raises ``Overloaded`` when the
+        queue is full and ``TimeoutError`` after ``timeout`` seconds."""
+        job = Job(images, purify, classify, asyncio.get_running_loop().create_future())
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            raise Overloaded(
+                f"the inference queue is full ({self._queue.maxsize} waiting)"
+            ) from None
+        self._metrics.queue_depth.set(self.depth)
+        # a timed-out job's future is cancelled; the worker skips it
+        return await asyncio.wait_for(job.future, timeout)
+
+    async def _next_job(self, deadline: float) -> Job | None:
+        if self._carried is not None:
+            job, self._carried = self._carried, None
+            return job
+        remaining = deadline - time.perf_counter()
+        if remaining <= 0:
+            try:
+                return self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return None
+        try:
+            return await asyncio.wait_for(self._queue.get(), remaining)
+        except TimeoutError:
+            return None
+
+    async def _gather(self) -> list[Job]:
+        first = await self._next_job(float("inf"))
+        jobs, images = [first], first.size
+        deadline = time.perf_counter() + self._wait
+        while images < self.max_batch_size:
+            job = await self._next_job(deadline)
+            if job is None:
+                break
+            if images + job.size > self.max_batch_size:
+                self._carried = job
+                break
+            jobs.append(job)
+            images += job.size
+        return [job for job in jobs if not job.future.done()]
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = await self._gather()
+            self._metrics.queue_depth.set(self.depth)
+            if not jobs:
+                continue
+            started = time.perf_counter()
+            images = np.concatenate([job.images for job in jobs]) if len(jobs) > 1 else None
+            images = jobs[0].images if images is None else images
+            purify = np.repeat([job.purify for job in jobs], [job.size for job in jobs])
+            classify = np.repeat([job.classify for job in jobs], [job.size for job in jobs])
+            self._metrics.batch_size.observe(len(images))
+            try:
+                result = await loop.run_in_executor(
+                    self._executor, self._run_batch, images, purify, classify
+                )
+            except Exception as exc:
+                log.exception("inference failed on a batch of %d images", len(images))
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+                continue
+            for stage, seconds in result.timings.items():
+                self._metrics.stage_duration.labels(stage=stage).observe(seconds)
+            offset = 0
+            for job in jobs:
+                rows = slice(offset, offset + job.size)
+                offset += job.size
+                if not job.future.done():
+                    job.future.set_result(
+                        JobResult(_rows(result, rows), len(images), started - job.enqueued)
+                    )
+
+
+def _rows(result: StageResult, rows: slice) -> StageResult:
+    def take(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else a[rows]
+
+    return StageResult(
+        purified=take(result.purified),
+        noise_level=take(result.noise_level),
+        purifier_spikes=take(result.purifier_spikes),
+        logits=take(result.logits),
+        classifier_spikes=take(result.classifier_spikes),
+        timings=result.timings,
+    )

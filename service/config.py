@@ -1,0 +1,39 @@
+"""Service settings, read from the environment (prefix ``SPIKEGUARD_``) or a ``.env`` file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (the affinity mask, not the host's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SPIKEGUARD_", env_file=".env", extra="ignore", protected_namespaces=()
+    )
+
+    model_dir: Path = Path("models/fashion-mnist")
+    providers: Literal["auto", "cuda", "cpu"] = "auto"
+    intra_op_threads: int = Field(default_factory=available_cores, ge=1)
+    max_batch_size: int = Field(32, ge=1, description="images per inference batch")
+    batch_wait_ms: float = Field(
+        2.0, ge=0, description="how long the first request of a batch waits for company"
+    )
+    queue_size: int = Field(256, ge=1, description="requests waiting for inference")
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    max_pixels: int = Field(40_000_000, ge=1, description="width * height of an upload")
+    inference_timeout_s: float = Field(10.0, gt=0)
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"

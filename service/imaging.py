@@ -1,0 +1,143 @@
+"""Upload decoding and validation with Pillow, and PNG encoding of results.
+
+Checks run cheapest first: byte size, then the format and pixel count from the header
+(``Image.open`` reads only the header), and only then the pixels. A decompression bomb is
+refused before a single pixel is decoded.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import APIError
+
+ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "BMP", "GIF"})
+
+
+def limit_pillow_pixels(max_pixels: int) -> None:
+    """Pillow's own guard (process-wide): warn above ``MAX_IMAGE_PIXELS``, refuse above
+    twice that. Our explicit check runs first; this one covers what decoders open later."""
+    current = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels if current is None else max(current, max_pixels)
+
+
+@dataclass
+class DecodedImage:
+    pixels: np.ndarray  # float32 [C, H, W] in [0, 1] at model resolution
+    original_size: tuple[int, int]  # (width, height) after EXIF orientation
+    format: str
+
+
+def decode_image(
+    data: bytes,
+    *,
+    channels: int,
+    size: tuple[int, int],
+    max_bytes: int,
+    max_pixels: int,
+) -> DecodedImage:
+    """Decodes an upload into the model's input. ``size`` is (width, height).
+
+    Raises ``APIError``: 400 empty/not an image/corrupt, 413 too many bytes or pixels,
+    415 an image format the service does not accept."""
+    if not data:
+        raise APIError(400, "empty_upload", "the uploaded file is empty")
+    if len(data) > max_bytes:
+        raise APIError(
+            413, "too_large", f"upload of {len(data)} bytes exceeds the limit of {max_bytes}"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise APIError(400, "not_an_image", "the upload is not a recognisable image") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise APIError(413, "too_many_pixels", "the image has too many pixels") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise APIError(400, "corrupt_image", f"the image cannot be read: {exc}") from None
+    if image.format not in ALLOWED_FORMATS:
+        raise APIError(
+            415,
+            "unsupported_format",
+            f"{image.format} images are not accepted; send one of {sorted(ALLOWED_FORMATS)}",
+        )
+    width, height = image.size
+    if width * height > max_pixels:
+        raise APIError(
+            413,
+            "too_many_pixels",
+            f"image of {width}x{height} = {width * height} pixels exceeds the limit "
+            f"of {max_pixels}",
+        )
+    if width == 0 or height == 0:
+        raise APIError(400, "corrupt_image", f"image has no pixels ({width}x{height})")
+    try:
+        image.seek(0)  # GIF / animated WebP: the first frame
+        if image.format == "JPEG":
+            # decode at a reduced scale when the upload is much larger than the model
+            image.draft("RGB" if channels == 3 else "L", (size[0] * 2, size[1] * 2))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image.load()
+        image = ImageOps.exif_transpose(image)
+        original_size = image.size
+        pixels = _to_array(image, channels, size)
+    except APIError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise APIError(413, "too_many_pixels", "the image has too many pixels") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise APIError(400, "corrupt_image", f"the image cannot be decoded: {exc}") from None
+    return DecodedImage(pixels, original_size, image.format or "")
+
+
+def _flatten_alpha(image: Image.Image) -> Image.Image:
+    """Transparent pixels become black, the background of the datasets served here."""
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
+    return image
+
+
+def _high_depth_to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit and 32-bit grey images (``I;16*``, ``I``, ``F``) scaled to 8 bits; Pillow's
+    own ``convert("L")`` clips them instead of scaling."""
+    values = np.asarray(image, dtype=np.float32)
+    top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+    return Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+
+
+def _to_array(image: Image.Image, channels: int, size: tuple[int, int]) -> np.ndarray:
+    if image.mode.startswith("I") or image.mode == "F":
+        image = _high_depth_to_8bit(image)
+    image = _flatten_alpha(image)
+    image = image.convert("L" if channels == 1 else "RGB")
+    if image.size != size:
+        image = image.resize(size, Image.Resampling.BILINEAR)
+    array = np.asarray(image, dtype=np.float32) * (1.0 / 255.0)
+    if channels == 1:
+        return array[None, :, :]
+    return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+def encode_png(pixels: np.ndarray, size: tuple[int, int] | None = None) -> bytes:
+    """``pixels`` float [C, H, W] in [0, 1] -> PNG bytes, resized to ``size`` (w, h) if given."""
+    array = np.clip(pixels * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    image = (
+        Image.fromarray(array[0], "L")
+        if array.shape[0] == 1
+        else Image.fromarray(array.transpose(1, 2, 0), "RGB")
+    )
+    if size is not None and image.size != size:
+        image = image.resize(size, Image.Resampling.BICUBIC)
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()

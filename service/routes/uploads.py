@@ -1,0 +1,37 @@
+"""Reading and decoding an uploaded image (shared by /classify and /purify)."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import UploadFile
+from starlette.concurrency import run_in_threadpool
+
+from ..errors import APIError
+from ..imaging import DecodedImage, decode_image
+from ..runtime import Runtime
+from ..state import ServiceState
+
+
+async def read_upload(
+    file: UploadFile, service: ServiceState, runtime: Runtime
+) -> tuple[DecodedImage, float]:
+    """Returns the decoded image and the seconds decoding took (CPU work runs in the
+    thread pool so a large image does not stall the event loop)."""
+    limit = service.settings.max_upload_bytes
+    data = await file.read(limit + 1)
+    if len(data) > limit:
+        raise APIError(413, "too_large", f"upload exceeds the limit of {limit} bytes")
+    manifest = runtime.manifest
+    start = time.perf_counter()
+    image = await run_in_threadpool(
+        decode_image,
+        data,
+        channels=manifest.channels,
+        size=(manifest.width, manifest.height),
+        max_bytes=limit,
+        max_pixels=service.settings.max_pixels,
+    )
+    seconds = time.perf_counter() - start
+    service.metrics.stage_duration.labels(stage="decode").observe(seconds)
+    return image, seconds
