@@ -1,0 +1,67 @@
+# spikeguard. `make help` lists every target that carries a `## ` description.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Written after a successful install; reinstalls when pyproject.toml is newer.
+INSTALLED := $(VENV)/.installed
+# Debian packages the tests use; each is installed when missing.
+DEBIAN_PACKAGES := dataset-fashion-mnist
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+MODEL_DIR ?= models/fashion-mnist
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: help install system-packages test lint format serve bench-models
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' \
+		$(MAKEFILE_LIST)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(INSTALLED): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $@
+
+install: $(INSTALLED) ## create .venv and install the project with its dev extra
+
+system-packages: ## install the Debian packages in DEBIAN_PACKAGES that are missing
+	@if ! command -v dpkg-query >/dev/null; then \
+		echo "not a Debian system: install $(DEBIAN_PACKAGES) yourself"; exit 0; \
+	fi; \
+	missing=""; \
+	for package in $(DEBIAN_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' "$$package" 2>/dev/null | grep -q 'ok installed' \
+			|| missing="$$missing $$package"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		$(SUDO) apt-get update -qq; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+test: $(INSTALLED) system-packages ## lint, check formatting and run the tests
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest
+
+lint: $(INSTALLED) ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(INSTALLED) ## format the code and apply ruff's safe fixes
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+serve: $(INSTALLED) ## serve MODEL_DIR (models/fashion-mnist) on http://127.0.0.1:8000
+	SPIKEGUARD_MODEL_DIR=$(MODEL_DIR) $(BIN)/python -m service --host $(HOST) --port $(PORT)
+
+bench-models: $(INSTALLED) ## CPU images/s of the classifier and purifier (bench/models.py)
+	$(BIN)/python bench/models.py
