@@ -1,0 +1,267 @@
+"""Attacks on a tiny spiking classifier trained (in a module fixture) on generated data.
+
+The classifier is built from the project's MLF neurons (encoder, one strided spiking conv,
+linear readout); it is trained until it fires in eval mode and classifies well, which the
+fixture asserts, so the attacks are tested against a network whose gradients exist.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from training.attacks import (
+    APGD,
+    APGDT,
+    ATTACKS,
+    BPDAEOT,
+    CW,
+    FABT,
+    FGSM,
+    IFGSM,
+    MIFGSM,
+    PGD,
+    AutoAttack,
+    GaussianNoise,
+    Square,
+    fgsm,
+    pgd,
+)
+from training.models import create_model, register_model
+from training.snn import ConvBNSpike, DirectEncoder, NeuronConfig, firing_rates, use_surrogate
+from training.threat_models import BPDAPipeline
+
+IMAGE = 12
+CLASSES = 10
+
+
+class TinySNN(nn.Module):
+    """Direct encoder + one strided spiking conv + linear readout (mean over T)."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = CLASSES, width: int = 8,
+                 timesteps: int = 2, image_size: int = IMAGE):  # fmt: skip
+        super().__init__()
+        neurons = NeuronConfig.from_kwargs(None, 0.25, timesteps)
+        self.encoder = DirectEncoder(in_channels, width, neurons)
+        self.block = ConvBNSpike(width, 2 * width, neurons, stride=2)
+        self.fc = nn.Linear(2 * width * ((image_size + 1) // 2) ** 2, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.block(self.encoder(x)).mean(0).flatten(1))
+
+
+@register_model
+def tiny_snn_test(**kwargs) -> TinySNN:
+    return TinySNN(**kwargs)
+
+
+def make_blobs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """10 classes: a bright 3x2 patch at a class-specific place on a noisy background."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, CLASSES, (n,), generator=g)
+    images = 0.3 * torch.rand(n, 1, IMAGE, IMAGE, generator=g)
+    for i, label in enumerate(labels.tolist()):
+        row, col = divmod(label, 5)
+        images[i, 0, 2 + 5 * row : 5 + 5 * row, 1 + 2 * col : 3 + 2 * col] += 0.5
+    return images.clamp(0, 1), labels
+
+
+def calibrate(model: nn.Module, images: torch.Tensor) -> None:
+    """Train-mode passes with cumulative BatchNorm averages, so eval mode fires at once."""
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(images)
+    for m in norms:
+        m.momentum = 0.1
+
+
+def train_tiny(seed: int, steps: int = 40) -> nn.Module:
+    torch.manual_seed(seed)
+    model = create_model("tiny_snn_test")
+    images, labels = make_blobs(512, seed=100 + seed)
+    calibrate(model, images)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(steps):
+        idx = torch.arange(step * 64, step * 64 + 64) % len(labels)
+        loss = nn.functional.cross_entropy(model(images[idx]), labels[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    calibrate(model, images)
+    return model.eval()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two threads on a shared two-core machine thrash; one is several times faster."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def model(one_thread) -> nn.Module:
+    model = train_tiny(seed=0)
+    images, _ = make_blobs(64, seed=1)
+    rates = firing_rates(model, images)
+    assert rates and all(r > 0.01 for r in rates.values()), rates
+    with torch.no_grad():
+        assert not torch.allclose(model(images[:1]), model(images[1:2]))
+    return model
+
+
+@pytest.fixture(scope="module")
+def data(model) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = make_blobs(48, seed=7)
+    with torch.no_grad():
+        assert accuracy(model, images, labels) >= 0.8
+    return images, labels
+
+
+@torch.no_grad()
+def accuracy(model, x: torch.Tensor, y: torch.Tensor) -> float:
+    return float((model(x).argmax(1) == y).float().mean())
+
+
+EPS = 0.25
+BOUNDED = {
+    "fgsm": lambda m: FGSM(m, EPS),
+    "ifgsm": lambda m: IFGSM(m, EPS, steps=5),
+    "mifgsm": lambda m: MIFGSM(m, EPS, steps=5),
+    "pgd": lambda m: PGD(m, EPS, alpha=EPS / 4, steps=5),
+    "cw": lambda m: CW(m, EPS, alpha=EPS / 4, steps=5),
+    "bpda-eot": lambda m: BPDAEOT(m, EPS, alpha=EPS / 4, steps=5, eot_samples=2),
+    "apgd-ce": lambda m: APGD(m, EPS, steps=10),
+    "apgd-t": lambda m: APGDT(m, EPS, steps=5, n_target_classes=2),
+    "fab-t": lambda m: FABT(m, EPS, steps=5, n_target_classes=2),
+    "square": lambda m: Square(m, EPS, queries=100),
+    "autoattack": lambda m: AutoAttack(m, EPS),
+}
+
+
+def test_every_registered_attack_is_tested():
+    assert set(ATTACKS) == set(BOUNDED) | {"gaussian"}
+
+
+@pytest.mark.parametrize("name", sorted(BOUNDED))
+def test_attack_stays_in_ball_and_lowers_accuracy(name, model, data):
+    x, y = data
+    x_adv = BOUNDED[name](model)(x, y)
+    assert x_adv.shape == x.shape and torch.isfinite(x_adv).all()
+    assert (x_adv - x).abs().max() <= EPS + 1e-6
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    assert accuracy(model, x_adv, y) < accuracy(model, x, y) - 0.2
+
+
+def test_attacks_leave_model_mode_and_global_rng_alone(model, data):
+    x, y = data
+    state = torch.random.get_rng_state()
+    for build in (BOUNDED["pgd"], BOUNDED["apgd-ce"]):
+        build(model)(x[:8], y[:8])
+    assert torch.equal(state, torch.random.get_rng_state())
+    assert not model.training
+
+
+def test_seeded_attacks_are_reproducible(model, data):
+    x, y = data
+    a = PGD(model, EPS, alpha=EPS / 4, steps=2, seed=3)(x, y)
+    b = PGD(model, EPS, alpha=EPS / 4, steps=2, seed=3)(x, y)
+    c = PGD(model, EPS, alpha=EPS / 4, steps=2, seed=4)(x, y)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    noise = GaussianNoise(sigma=0.1, seed=3)
+    assert torch.equal(noise(x, y), noise(x, y))
+
+
+@pytest.mark.parametrize(
+    "attack",
+    [
+        lambda m: PGD(m, 0.0, alpha=0.01, steps=5),
+        lambda m: PGD(m, 0.1, alpha=0.01, steps=0),
+        lambda m: APGD(m, 0.0, steps=10),
+        lambda m: APGD(m, 0.1, steps=0),
+        lambda m: IFGSM(m, 0.0),
+        lambda m: FGSM(m, 0.0),
+        lambda m: AutoAttack(m, 0.0),
+    ],
+)
+def test_zero_budget_returns_the_input(attack, model, data):
+    x, y = data
+    assert torch.equal(attack(model)(x, y), x)
+
+
+def test_gaussian_noise_has_the_stated_sigma():
+    x = torch.full((64, 1, IMAGE, IMAGE), 0.5)
+    noisy = GaussianNoise(sigma=20 / 255, seed=0)(x, torch.zeros(64, dtype=torch.long))
+    assert noisy.min() >= 0 and noisy.max() <= 1
+    assert abs(float((noisy - x).std()) - 20 / 255) < 0.005
+
+
+def test_zero_gradient_gives_no_step_and_no_nan(model, data):
+    """A hard step (surrogate "none") has a zero gradient: sign steps do not move, MI-FGSM's
+    normalisation divides by zero without the guard."""
+    x, y = data
+    with use_surrogate(model, "none"):
+        for attack in (IFGSM(model, EPS, steps=3), MIFGSM(model, EPS, steps=3)):
+            x_adv = attack(x, y)
+            assert torch.isfinite(x_adv).all()
+            assert torch.equal(x_adv, x)
+
+
+def test_stopping_when_fooled_only_adds_fooled_samples(model, data):
+    x, y = data
+    plain = PGD(model, 0.15, alpha=0.04, steps=6, seed=1)(x, y)
+    stopped = PGD(model, 0.15, alpha=0.04, steps=6, seed=1, stop_when_fooled=True)(x, y)
+    with torch.no_grad():
+        fooled_plain = model(plain).argmax(1) != y
+        fooled_stopped = model(stopped).argmax(1) != y
+    assert fooled_plain.any() and not fooled_plain.all()
+    assert (fooled_stopped | ~fooled_plain).all()
+
+
+def test_functional_api(model, data):
+    x, y = data
+    assert torch.equal(fgsm(model, x, y, 0.1), FGSM(model, 0.1)(x, y))
+    a = pgd(model, x, y, 0.1, 0.03, 3, generator=torch.Generator().manual_seed(5))
+    b = pgd(model, x, y, 0.1, 0.03, 3, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, b) and (a - x).abs().max() <= 0.1 + 1e-6
+    assert accuracy(model, a, y) < accuracy(model, x, y)
+    mean_loss = lambda logits, t: nn.functional.cross_entropy(logits, t)  # noqa: E731
+    assert torch.equal(pgd(model, x, y, 0.1, 0.03, 3, random_start=False, loss_fn=mean_loss),
+                       IFGSM(model, 0.1, 0.03, 3)(x, y))  # fmt: skip
+
+
+def test_bad_arguments_are_rejected(model):
+    with pytest.raises(ValueError, match="eps"):
+        PGD(model, -0.1)
+    with pytest.raises(ValueError, match="steps"):
+        PGD(model, 0.1, steps=-1)
+    with pytest.raises(ValueError, match="images"):
+        PGD(model, 0.1)(torch.rand(2, 12, 12), torch.zeros(2, dtype=torch.long))
+
+
+def test_bpda_gradient_is_the_classifier_gradient_at_the_purified_point(model, data):
+    x, y = data
+    x = x[:8]
+    torch.manual_seed(0)
+    purifier = create_model("purifier", width=4, in_channels=1, timesteps=2)
+    calibrate(purifier, x)
+    purifier.eval()
+    pipeline = BPDAPipeline(purifier, model)
+    x_var = x.clone().requires_grad_(True)
+    loss = nn.functional.cross_entropy(pipeline(x_var), y[:8], reduction="sum")
+    (grad_bpda,) = torch.autograd.grad(loss, x_var)
+    with torch.no_grad():
+        purified = purifier(x)[0]
+    assert not torch.allclose(purified, x, atol=1e-3)
+    p_var = purified.clone().requires_grad_(True)
+    loss = nn.functional.cross_entropy(model(p_var), y[:8], reduction="sum")
+    (grad_classifier,) = torch.autograd.grad(loss, p_var)
+    assert grad_bpda.abs().sum() > 0
+    torch.testing.assert_close(grad_bpda, grad_classifier)
