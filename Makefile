@@ -11,13 +11,15 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 # Debian packages the tests use; each is installed when missing.
 DEBIAN_PACKAGES := dataset-fashion-mnist
+# tests/deploy: the gateway and monitoring configs under deploy/ run on these binaries.
+DEBIAN_PACKAGES += nginx-light prometheus prometheus-nginx-exporter docker-compose
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 MODEL_DIR ?= models/fashion-mnist
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: help install system-packages test lint format serve bench-models
+.PHONY: help install system-packages test lint format serve bench-models deploy-check
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' \
@@ -65,3 +67,6 @@ serve: $(INSTALLED) ## serve MODEL_DIR (models/fashion-mnist) on http://127.0.0.
 
 bench-models: $(INSTALLED) ## CPU images/s of the classifier and purifier (bench/models.py)
 	$(BIN)/python bench/models.py
+
+deploy-check: $(INSTALLED) system-packages ## compose, hadolint, promtool and the gateway/Prometheus tests (tests/deploy)
+	$(BIN)/pytest tests/deploy

@@ -336,6 +336,17 @@ def test_nginx_config_syntax(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
+def test_gateway_body_limit_sits_just_above_the_services(compose_services: dict) -> None:
+    """The service answers its own 413 up to its limit; nginx stops what is far beyond."""
+    service_limit = int(compose_services["api"]["environment"]["SPIKEGUARD_MAX_UPLOAD_BYTES"])
+    match = re.search(r"^\s*client_max_body_size (\d+)m;", NGINX_CONF.read_text(), re.MULTILINE)
+    assert match, "client_max_body_size must be set in MiB"
+    gateway_limit = int(match[1]) * 1024 * 1024
+    multipart_framing = 64 * 1024
+    assert service_limit + multipart_framing <= gateway_limit <= service_limit + 2 * 1024 * 1024
+    assert f"gateway limit of {match[1]} MiB" in NGINX_CONF.read_text()
+
+
 def test_nginx_config_guards_the_api() -> None:
     text = NGINX_CONF.read_text()
     assert re.search(r"^\s*resolver 127\.0\.0\.11 valid=\d+s", text, re.MULTILINE)
@@ -410,3 +421,28 @@ def test_rules_and_dashboards_parse_into_metric_names() -> None:
     for path in sorted(DASHBOARDS.glob("*.json")):
         for expr in dashboard_exprs(path):
             assert promql_metric_names(expr), (path.name, expr)
+
+
+# --- graceful shutdown --------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    reason="service/__main__.py does not yet pass a graceful-shutdown timeout to uvicorn "
+    "(wanted: Settings.shutdown_timeout_s -> uvicorn.run(timeout_graceful_shutdown=...)); "
+    "until then compose's stop_grace_period alone bounds a replica's drain",
+    raises=KeyError,
+    strict=False,
+)
+def test_service_drains_within_the_configured_shutdown_timeout(
+    compose_services: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPIKEGUARD_SHUTDOWN_TIMEOUT_S (Dockerfile, compose) must reach uvicorn."""
+    import service.__main__ as entry
+
+    timeout = compose_services["api"]["environment"]["SPIKEGUARD_SHUTDOWN_TIMEOUT_S"]
+    assert f"SPIKEGUARD_SHUTDOWN_TIMEOUT_S={timeout}" in DOCKERFILE.read_text()
+    captured: dict = {}
+    monkeypatch.setattr(entry.uvicorn, "run", lambda app, **kwargs: captured.update(kwargs))
+    monkeypatch.setenv("SPIKEGUARD_SHUTDOWN_TIMEOUT_S", timeout)
+    assert entry.main([]) == 0
+    assert captured["timeout_graceful_shutdown"] == float(timeout)
