@@ -96,17 +96,27 @@ def sanity_checks(
                 continue
             groups[(r["defence"], r["threat_model"], r["attack"], r.get(fixed))].append(r)
         for rows in groups.values():
+            if len(rows) < 2:
+                continue
             rows = sorted(rows, key=lambda r: r[key])
-            for a, b in zip(rows, rows[1:], strict=False):
-                rises = b["robust_accuracy"] > a["robust_ci95"][1]
-                checks.append(
-                    _check(
-                        f"monotone-{key}",
-                        not rises,
-                        f"{_label(a)} -> {key}={b[key]}: {a['robust_accuracy']:.1f}% -> "
-                        f"{b['robust_accuracy']:.1f}%",
-                    )
-                )
+            # any later (stronger) setting above an earlier one's 95% interval is a failure
+            rises = [
+                (a, b)
+                for i, a in enumerate(rows)
+                for b in rows[i + 1 :]
+                if b["robust_accuracy"] > a["robust_ci95"][1]
+            ]
+            curve = " -> ".join(f"{r['robust_accuracy']:.1f}% ({key} {r[key]:.4g})" for r in rows)
+            first = rows[0]
+            detail = (
+                f"{first['defence']}/{first['threat_model']}/{first['attack']} "
+                f"({fixed} {first.get(fixed)}): {curve}"
+            )
+            if rises:
+                a, b = rises[0]
+                detail += f"; {b['robust_accuracy']:.1f}% at {key} {b[key]:.4g} is above the "
+                detail += f"interval of {key} {a[key]:.4g} ({a['robust_ci95'][1]:.1f}%)"
+            checks.append(_check(f"monotone-{key}", not rises, detail))
 
     monotone("eps", "steps")
     monotone("steps", "eps")
