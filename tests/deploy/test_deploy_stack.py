@@ -1,7 +1,7 @@
 """Integration: the real service behind the deploy/ nginx config, scraped by the deploy/
 Prometheus config, all on 127.0.0.1 (fixtures in conftest.py).
 
-Request counts are bounded (at most ~150 in the whole module) and every wait has a deadline.
+Request counts are bounded (under 200 in the whole module) and every wait has a deadline.
 The rate-limit test runs last: it spends the per-client budget the other tests rely on.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -40,12 +41,20 @@ SECURITY_HEADERS = {
 
 
 def assert_json_error(response: httpx.Response, status: int, code: str) -> None:
+    """The error shape the service uses, whether nginx or the service answered."""
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
-    assert response.json() == {
-        "error": {"code": code, "message": response.json()["error"]["message"]}
-    }
-    assert response.json()["error"]["message"]
+    body = response.json()
+    assert list(body) == ["error"] and set(body["error"]) == {"code", "message"}, body
+    assert body["error"]["code"] == code and body["error"]["message"], body
+
+
+def rejected_too_large(client: httpx.Client, service: str) -> float:
+    """The service's count of requests it refused as too large."""
+    for line in client.get(f"{service}/metrics").text.splitlines():
+        if line.startswith('spikeguard_rejected_requests_total{reason="too_large"}'):
+            return float(line.split()[-1])
+    return 0.0
 
 
 def png_image(size: int = 28) -> bytes:
@@ -57,7 +66,7 @@ def png_image(size: int = 28) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def client() -> httpx.Client:
+def client() -> Iterator[httpx.Client]:
     with httpx.Client(timeout=30) as client:
         yield client
 
@@ -93,15 +102,26 @@ def test_gateway_hides_metrics(gateway: Gateway, service: str, client: httpx.Cli
         assert_json_error(client.get(gateway.url + path), 404, "not_found")
 
 
-def test_gateway_rejects_large_bodies(gateway: Gateway, client: httpx.Client) -> None:
+def test_gateway_rejects_large_bodies(gateway: Gateway, service: str, client: httpx.Client) -> None:
+    headers = {"content-type": "application/octet-stream"}
+    before = rejected_too_large(client, service)
+
+    # Far over the limit: nginx answers itself and the service never sees the request.
     response = client.post(
-        f"{gateway.url}/classify",
-        content=b"\0" * (11 * 1024 * 1024 + 1),
-        headers={"content-type": "application/octet-stream"},
+        f"{gateway.url}/classify", content=b"\0" * (11 * 1024 * 1024 + 1), headers=headers
     )
     assert_json_error(response, 413, "too_large")
     assert "gateway" in response.json()["error"]["message"]
     assert response.headers["x-content-type-options"] == "nosniff"
+    assert rejected_too_large(client, service) == before
+
+    # Between the service's limit (10 MiB) and the gateway's: the service's own 413 passes.
+    response = client.post(
+        f"{gateway.url}/classify", content=b"\0" * (10 * 1024 * 1024 + 512 * 1024), headers=headers
+    )
+    assert_json_error(response, 413, "too_large")
+    assert "gateway" not in response.json()["error"]["message"]
+    assert rejected_too_large(client, service) == before + 1
 
 
 def test_stub_status_only_on_internal_port(gateway: Gateway, client: httpx.Client) -> None:
