@@ -20,6 +20,8 @@ from training.snn import (
     ArcTan,
     Rectangular,
     SigmoidDerivative,
+    _Kernels,
+    _mlf_backward,
     _mlf_forward,
     _MLFFunction,
     compile_kernels,
@@ -261,11 +263,13 @@ def compiled_kernels():
         yield
     finally:
         compile_kernels(False)
+    assert _Kernels.forward is _mlf_forward and _Kernels.backward is _mlf_backward
 
 
 # two widths of the same surrogate class: a swapped surrogate must not reuse a stale kernel
 @pytest.mark.parametrize("name", ["rect1", "rect0.5"])
 def test_compiled_fast_path_matches_autograd_on_reference(compiled_kernels, name: str) -> None:
+    assert _Kernels.forward is not _mlf_forward and _Kernels.backward is not _mlf_backward
     _check_fast_path_matches_autograd(name, THRESHOLDS)
 
 
