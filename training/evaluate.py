@@ -409,17 +409,19 @@ def validate(config: SuiteConfig) -> None:
 def _defences(config: SuiteConfig, device: torch.device) -> tuple[list[Defence], dict]:
     classifier = _load(config.classifier, "classifier", device)
     loaded = {"classifier": classifier}
-    defences = [Defence("none", classifier.model)]
+    defences = [Defence("none", classifier.model, checkpoints=("classifier",))]
     if config.adv_classifier:
         loaded["adv_classifier"] = _load(config.adv_classifier, "adversarially trained", device)
-        defences.append(Defence("adv-training", loaded["adv_classifier"].model))
+        adv = loaded["adv_classifier"].model
+        defences.append(Defence("adv-training", adv, checkpoints=("adv_classifier",)))
     if config.purifier:
         loaded["purifier"] = _load(config.purifier, "purifier", device)
-        defences.append(Defence("purifier", classifier.model, loaded["purifier"].model))
+        purifier = loaded["purifier"].model
+        defences.append(Defence("purifier", classifier.model, purifier, ("classifier", "purifier")))
     if config.ols_classifier:
         loaded["ols_classifier"] = _load(config.ols_classifier, "OLS classifier", device)
         ols = loaded["ols_classifier"].model
-        defences.append(Defence("purifier+ols", ols, loaded["purifier"].model))
+        defences.append(Defence("purifier+ols", ols, purifier, ("ols_classifier", "purifier")))
     for key, item in loaded.items():
         if (key == "purifier") != (item.meta.get("model") == "purifier"):
             raise UsageError(f"{item.path} holds a {item.meta.get('model')!r}, not a {key}")
@@ -517,12 +519,6 @@ def run_suite(config: SuiteConfig, log=print) -> SuiteReport:
     results: list[dict[str, Any]] = []
     for i, item in enumerate(plan, 1):
         d: Defence = item["defence"]
-        members = [
-            "classifier" if d.name in ("none", "purifier") else None,
-            "adv_classifier" if d.name == "adv-training" else None,
-            "ols_classifier" if d.name == "purifier+ols" else None,
-            "purifier" if d.purifier is not None else None,
-        ]
         probe = build_attack(
             item["attack"],
             None,
@@ -537,7 +533,7 @@ def run_suite(config: SuiteConfig, log=print) -> SuiteReport:
             "threat_model": item["threat"],
             "attack": probe.settings(),
             "purpose": item["purpose"],
-            "checkpoints": {m: checkpoints[m] for m in members if m},
+            "checkpoints": {m: checkpoints[m] for m in d.checkpoints},
             "sources": source_ids if item["threat"] == "transfer" else {},
             "surrogate_gradients": list(config.surrogates),
             "dataset": dataset,

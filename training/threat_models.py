@@ -79,6 +79,7 @@ class Defence:
     name: str
     classifier: nn.Module
     purifier: nn.Module | None = None
+    checkpoints: tuple[str, ...] = ()  # roles of its checkpoints, for the result's settings
 
     @property
     def pipeline(self) -> nn.Module:
