@@ -175,8 +175,8 @@ def test_purifier_training_lowers_reconstruction_error(tmp_path, tiny_data):
 def test_distributed_two_processes_stay_in_sync(tmp_path, tiny_data):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_port", "0", "-m", "training", "train-classifier",
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        "--nproc_per_node", "2", "-m", "training", "train-classifier",
         "--runs-dir", str(tmp_path), "--name", "ddp", "--data-dir", str(tiny_data),
         "--width", "4", "--epochs", "1", "--batch-size", "32", "--no-augment",
         "--no-compile", "--no-progress", "--val-images", "32", "--device", "cpu",

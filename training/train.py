@@ -364,8 +364,10 @@ def accuracy(
 
 
 def param_digest(model: nn.Module) -> str:
+    """Hash of the trainable weights (BatchNorm's running statistics are per-rank buffers:
+    DDP re-broadcasts them from rank 0 before each forward, and checkpoints store rank 0's)."""
     h = hashlib.sha256()
-    for _, value in sorted(getattr(model, "module", model).state_dict().items()):
+    for _, value in sorted(getattr(model, "module", model).named_parameters()):
         h.update(value.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
