@@ -22,6 +22,8 @@ class Preset:
     classifier: dict[str, Any] = field(default_factory=dict)
     adv: dict[str, Any] = field(default_factory=dict)
     purifier: dict[str, Any] = field(default_factory=dict)
+    # transfer-attack sources of the reproduction study: model -> train-classifier flags
+    surrogates: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def for_command(self, command: str) -> dict[str, Any]:
         base = {"dataset": self.dataset, "eval_eps": self.eval_eps}
@@ -32,6 +34,15 @@ class Preset:
         if command == "train-purifier":
             return {**base, **self.purifier}
         raise KeyError(command)
+
+
+# the paper trains its transfer sources for 100 epochs (section 5.2.3)
+_PAPER_SOURCES = {
+    "resnet20_snn": ("--model", "resnet20_snn", "--width", "16", "--epochs", "100",
+                     "--milestones", "50,75", "--seed", "1"),
+    "wrn16_8_snn": ("--model", "wrn16_8_snn", "--width", "16", "--epochs", "100",
+                    "--milestones", "50,75", "--seed", "2"),
+}  # fmt: skip
 
 
 def _paper_cifar(dataset: str) -> Preset:
@@ -46,6 +57,7 @@ def _paper_cifar(dataset: str) -> Preset:
         adv=dict(adv_eps=8 / 255, adv_alpha=2 / 255, adv_steps=7),
         purifier=dict(width=64, epochs=200, batch_size=128, lr=1e-4, attack="fgsm",
                       attack_eps=16 / 255, charbonnier_epochs=100, beta=0.5),
+        surrogates=_PAPER_SOURCES,
     )  # fmt: skip
 
 
@@ -64,6 +76,7 @@ PRESETS: dict[str, Preset] = {
             adv=dict(adv_eps=8 / 255, adv_alpha=2 / 255, adv_steps=7),
             purifier=dict(width=64, epochs=200, batch_size=128, lr=1e-4, attack="fgsm",
                           attack_eps=16 / 255, charbonnier_epochs=100, beta=0.5),
+            surrogates=_PAPER_SOURCES,
         ),
         Preset(
             name="cpu-fashion-mnist",
@@ -76,6 +89,10 @@ PRESETS: dict[str, Preset] = {
             adv=dict(adv_eps=0.1, adv_alpha=0.05, adv_steps=3),
             purifier=dict(width=8, epochs=4, batch_size=64, lr=1e-3, attack="fgsm",
                           attack_eps=0.2, charbonnier_epochs=2, beta=0.5, subset=20000),
+            surrogates={
+                "resnet20_snn": ("--model", "resnet20_snn", "--width", "8", "--seed", "1"),
+                "wrn16_8_snn": ("--model", "wrn16_8_snn", "--width", "2", "--seed", "2"),
+            },
         ),
     ]
 }  # fmt: skip
