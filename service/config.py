@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
     max_pixels: int = Field(40_000_000, ge=1, description="width * height of an upload")
     inference_timeout_s: float = Field(10.0, gt=0)
+    shutdown_timeout_s: float = Field(
+        20.0,
+        ge=0,
+        description="after SIGTERM, how long in-flight requests may take before they are cut off",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"

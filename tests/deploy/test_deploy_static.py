@@ -426,13 +426,6 @@ def test_rules_and_dashboards_parse_into_metric_names() -> None:
 # --- graceful shutdown --------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    reason="service/__main__.py does not yet pass a graceful-shutdown timeout to uvicorn "
-    "(wanted: Settings.shutdown_timeout_s -> uvicorn.run(timeout_graceful_shutdown=...)); "
-    "until then compose's stop_grace_period alone bounds a replica's drain",
-    raises=KeyError,
-    strict=False,
-)
 def test_service_drains_within_the_configured_shutdown_timeout(
     compose_services: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
