@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
@@ -30,8 +31,10 @@ UPLOAD_OVERHEAD_BYTES = 64 * 1024
 
 
 class RequestMetricsMiddleware:
-    """Latency per route template and status class, requests in flight, and an early 413
-    for bodies whose declared length is over the limit (before anything is read)."""
+    """Latency per route template and status class, requests in flight, and the body limit:
+    an early 413 for bodies whose declared length is over it (before anything is read), and
+    a 413 as soon as a body without a declared length (chunked) streams past it, before
+    the rest is buffered or spooled."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int):
         self.app = app
@@ -51,6 +54,19 @@ class RequestMetricsMiddleware:
                 status = message["status"]
             await send(message)
 
+        received = 0
+
+        async def receive_within_limit() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise StarletteHTTPException(
+                        413, f"request body exceeds the limit of {self.max_body_bytes} bytes"
+                    )
+            return message
+
         self.metrics.inflight.inc()
         try:
             declared = _content_length(scope)
@@ -63,7 +79,7 @@ class RequestMetricsMiddleware:
                 )
                 await response(scope, receive, send_and_record)
                 return
-            await self.app(scope, receive, send_and_record)
+            await self.app(scope, receive_within_limit, send_and_record)
         finally:
             self.metrics.inflight.dec()
             route = scope.get("route")

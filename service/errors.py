@@ -64,6 +64,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 413:  # a streamed body past the limit (RequestMetricsMiddleware)
+            reject(request, "too_large")
+            return error_response(413, "too_large", str(exc.detail), exc.headers)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
         return error_response(exc.status_code, code, str(exc.detail), exc.headers)
 
