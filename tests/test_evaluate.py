@@ -276,3 +276,26 @@ def test_python_api_runs_without_the_command_line(workspace, tmp_path):
     report = run_suite(config, log=lambda line: None)
     assert [r["attack"] for r in report.results] == ["fgsm"]
     assert (report.out_dir / "summary.md").exists() and report.checks == []
+
+
+def test_all_four_defences_are_evaluated(workspace, tmp_path):
+    config = SuiteConfig(
+        classifier=str(workspace / "classifier"), purifier=str(workspace / "purifier"),
+        adv_classifier=str(workspace / "source"), ols_classifier=str(workspace / "source"),
+        attacks=["fgsm"], eps=[0.1], threat_models=["end-to-end"], surrogates=["rect1"],
+        n=16, batch_size=16, data_dir=str(workspace / "data"), out=str(tmp_path / "all"),
+        sanity=False,
+    )  # fmt: skip
+    report = run_suite(config, log=lambda line: None)
+    roles = {r["defence"]: sorted(r["settings"]["checkpoints"]) for r in report.results}
+    assert roles == {
+        "none": ["classifier"],
+        "adv-training": ["adv_classifier"],
+        "purifier": ["classifier", "purifier"],
+        "purifier+ols": ["ols_classifier", "purifier"],
+    }
+    threats = {r["defence"]: r["threat_model"] for r in report.results}
+    assert threats["none"] == threats["adv-training"] == "white-box"
+    assert threats["purifier"] == threats["purifier+ols"] == "end-to-end"
+    summary = (report.out_dir / "summary.md").read_text()
+    assert "| purifier+ols |" in summary and "| adv-training (white-box) |" in summary
