@@ -12,11 +12,21 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from .errors import APIError
 
 ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "BMP", "GIF"})
+EXIF_ORIENTATION = 0x0112
+ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 def limit_pillow_pixels(max_pixels: int) -> None:
@@ -67,6 +77,7 @@ def decode_image(
             "unsupported_format",
             f"{image.format} images are not accepted; send one of {sorted(ALLOWED_FORMATS)}",
         )
+    source_format = image.format  # a transposed copy no longer carries it
     width, height = image.size
     if width * height > max_pixels:
         raise APIError(
@@ -85,7 +96,7 @@ def decode_image(
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image.load()
-        image = ImageOps.exif_transpose(image)
+        image = _apply_orientation(image)
         original_size = image.size
         pixels = _to_array(image, channels, size)
     except APIError:
@@ -94,7 +105,20 @@ def decode_image(
         raise APIError(413, "too_many_pixels", "the image has too many pixels") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise APIError(400, "corrupt_image", f"the image cannot be decoded: {exc}") from None
-    return DecodedImage(pixels, original_size, image.format or "")
+    return DecodedImage(pixels, original_size, source_format)
+
+
+def _apply_orientation(image: Image.Image) -> Image.Image:
+    """Turns the pixels upright as the EXIF orientation tag says. EXIF is metadata an
+    uploader controls: when it cannot be parsed the pixels are used as stored. (Pillow's
+    ``ImageOps.exif_transpose`` also rewrites the EXIF block, which raises on malformed
+    tags of every exception type.)"""
+    try:
+        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # Pillow's EXIF parser raises struct, type, key and value errors alike
+        return image
+    method = ORIENTATION_TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
+    return image if method is None else image.transpose(method)
 
 
 def _flatten_alpha(image: Image.Image) -> Image.Image:
