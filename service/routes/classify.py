@@ -6,11 +6,11 @@ import time
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, File, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Query, UploadFile
 from pydantic import BaseModel
 
 from ..deps import RuntimeDep, ServiceDep
-from .uploads import read_upload
+from .uploads import one_file, read_upload
 
 router = APIRouter(tags=["classify"])
 
@@ -57,7 +57,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum()
 
 
-@router.post("/classify", response_model=ClassifyResponse)
+@router.post("/classify", response_model=ClassifyResponse, dependencies=[Depends(one_file)])
 async def classify_image(
     file: Annotated[UploadFile, File(description="PNG, JPEG, WebP, BMP or GIF image")],
     service: ServiceDep,

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Query, UploadFile
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from ..deps import RuntimeDep, ServiceDep
 from ..imaging import encode_png
-from .uploads import read_upload
+from .uploads import one_file, read_upload
 
 router = APIRouter(tags=["purify"])
 
@@ -19,6 +19,7 @@ router = APIRouter(tags=["purify"])
     "/purify",
     response_class=Response,
     responses={200: {"content": {"image/png": {}}, "description": "the purified image"}},
+    dependencies=[Depends(one_file)],
 )
 async def purify_image(
     file: Annotated[UploadFile, File(description="PNG, JPEG, WebP, BMP or GIF image")],

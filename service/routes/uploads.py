@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import time
 
-from fastapi import UploadFile
+from fastapi import Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import APIError
 from ..imaging import DecodedImage, decode_image
 from ..runtime import Runtime
 from ..state import ServiceState
+
+
+async def one_file(request: Request) -> None:
+    """Refuses a form with several files in the ``file`` field: the route would answer for
+    one of them and silently drop the others. (The form is parsed once; this reads
+    FastAPI's parse of it.)"""
+    count = len((await request.form()).getlist("file"))
+    if count > 1:
+        raise APIError(
+            422, "invalid_parameters", f"file: send exactly one file in this field, got {count}"
+        )
 
 
 async def read_upload(
