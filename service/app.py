@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
 from .config import Settings
-from .errors import error_response, install_error_handlers
+from .errors import ERROR_RESPONSES, error_response, install_error_handlers
 from .metrics import Metrics
 from .routes import classify, health, metrics, purify, v2
 from .state import ServiceState
@@ -125,7 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = service.metrics
     install_error_handlers(app)
     for module in (classify, purify, health, v2, metrics):
-        app.include_router(module.router)
+        app.include_router(module.router, responses=ERROR_RESPONSES)
     app.add_middleware(
         RequestMetricsMiddleware,
         metrics=service.metrics,

@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("spikeguard.errors")
@@ -18,6 +19,28 @@ REJECTION_REASONS = {
     413: "too_large",
     415: "unsupported_format",
     422: "invalid_parameters",
+}
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """The body of every error response."""
+
+    error: ErrorDetail
+
+
+# Documented on every route (the OpenAPI schema), replacing FastAPI's default 422 body,
+# which this service never sends.
+ERROR_RESPONSES: dict[int | str, dict] = {
+    "4XX": {"model": ErrorBody, "description": "the request was refused; the body says why"},
+    503: {
+        "model": ErrorBody,
+        "description": "not ready, queue full or inference timed out; retry after Retry-After",
+    },
 }
 
 
