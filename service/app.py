@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -99,13 +100,27 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
+def _reload_on_sighup(service: ServiceState) -> Callable[[], None]:
+    """SIGHUP reloads the model (``ServiceState.reload``); returns the undo. Only the main
+    thread's event loop receives signals: an app run elsewhere (an in-process test client)
+    goes without."""
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGHUP, service.request_reload)
+    except (ValueError, RuntimeError, NotImplementedError, AttributeError):
+        return lambda: None
+    return lambda: loop.remove_signal_handler(signal.SIGHUP)
+
+
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     service: ServiceState = app.state.service
     loading = asyncio.create_task(service.load(), name="load-model")
+    remove_reload_handler = _reload_on_sighup(service)
     try:
         yield
     finally:
+        remove_reload_handler()
         loading.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await loading

@@ -72,7 +72,15 @@ class Metrics:
         self.ready = Gauge(
             "spikeguard_ready", "1 when the model is loaded and serving, else 0", registry=r
         )
+        self.reloads = Counter(
+            "spikeguard_model_reloads",
+            "Model reloads (SIGHUP) by result: ok, or failed (the model before keeps serving)",
+            ["result"],
+            registry=r,
+        )
         for stage in ("decode", "purify", "classify"):
             self.stage_duration.labels(stage=stage)
         for network in ("purifier", "classifier"):
             self.spikes_per_image.labels(network=network)
+        for result in ("ok", "failed"):
+            self.reloads.labels(result=result)

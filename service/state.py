@@ -1,10 +1,14 @@
 """What one app instance holds: settings, metrics, and (once loaded) the runtime and the
 batcher. Loading runs in the background so that liveness answers while a model loads; a
-model that fails to load leaves the service up and not ready, with the reason."""
+model that fails to load leaves the service up and not ready, with the reason.
+
+``reload()`` (SIGHUP) loads the model directory again with every check of the first load;
+a model that fails one is never used, and the one before keeps serving."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from typing import Literal
@@ -16,7 +20,7 @@ from .config import Settings
 from .errors import APIError
 from .imaging import limit_pillow_pixels
 from .metrics import Metrics
-from .runtime import Runtime, load_runtime
+from .runtime import Runtime, StageResult, load_runtime
 
 log = logging.getLogger("spikeguard.service")
 
@@ -32,6 +36,7 @@ class ServiceState:
         self.runtime: Runtime | None = None
         self.batcher: MicroBatcher | None = None
         self.metrics.ready.set(0)
+        self._reload_task: asyncio.Task | None = None
         limit_pillow_pixels(settings.max_pixels)
 
     @property
@@ -50,21 +55,86 @@ class ServiceState:
             return
         self.runtime = runtime
         self.batcher = MicroBatcher(
-            runtime.run,
+            self._run_batch,
             self.metrics,
             max_batch_size=self.settings.max_batch_size,
             batch_wait_ms=self.settings.batch_wait_ms,
             queue_size=self.settings.queue_size,
         )
         self.batcher.start()
-        manifest = runtime.manifest
-        self.metrics.model_info.labels(
-            name=manifest.name, version=manifest.version, provider=runtime.provider
-        ).set(1)
+        self._publish_model_info(runtime)
         self.metrics.ready.set(1)
         self.status, self.reason = "ready", "ready"
 
+    def _run_batch(
+        self, images: np.ndarray, purify: np.ndarray, classify: np.ndarray
+    ) -> StageResult:
+        """The batcher's runner: whichever runtime is current when a batch starts."""
+        assert self.runtime is not None
+        return self.runtime.run(images, purify, classify)
+
+    def _publish_model_info(self, runtime: Runtime) -> None:
+        manifest = runtime.manifest
+        self.metrics.model_info.clear()
+        self.metrics.model_info.labels(
+            name=manifest.name, version=manifest.version, provider=runtime.provider
+        ).set(1)
+
+    def request_reload(self) -> None:
+        """Starts ``reload()`` in the background (the SIGHUP handler); one at a time."""
+        if self._reload_task is not None and not self._reload_task.done():
+            log.warning("a reload is already running; this request is ignored")
+            return
+        self._reload_task = asyncio.get_running_loop().create_task(
+            self.reload(), name="reload-model"
+        )
+
+    async def reload(self) -> bool:
+        """Loads ``settings.model_dir`` again: manifest, every file's sha256 against it, the
+        sessions and a warm-up batch. Only a model that passes all of them, with the input
+        shape and class count of the one serving, replaces it (from the next batch on);
+        otherwise the current model keeps serving and the reason is logged and counted.
+        A service whose first load failed tries that load again. Returns success."""
+        if self.status == "loading":
+            log.warning("reload ignored: the model is still loading")
+            return False
+        if self.runtime is None:
+            self.status, self.reason = "loading", "the model is loading"
+            await self.load()
+            self.metrics.reloads.labels(result="ok" if self.ready else "failed").inc()
+            return self.ready
+        current = self.runtime.manifest
+        try:
+            runtime = await asyncio.to_thread(load_runtime, self.settings)
+        except Exception as exc:  # ModelLoadError, or anything else a broken model causes
+            return self._reload_failed(str(exc))
+        new = runtime.manifest
+        if (new.input_shape, new.num_classes) != (current.input_shape, current.num_classes):
+            return self._reload_failed(
+                f"input {new.input_shape} and {new.num_classes} classes differ from the "
+                f"serving model's {current.input_shape} and {current.num_classes}; restart "
+                "the service to serve it"
+            )
+        self.runtime = runtime
+        self._publish_model_info(runtime)
+        self.metrics.reloads.labels(result="ok").inc()
+        log.info("reloaded: serving %s v%s (was v%s)", new.name, new.version, current.version)
+        return True
+
+    def _reload_failed(self, reason: str) -> bool:
+        assert self.runtime is not None
+        manifest = self.runtime.manifest
+        self.metrics.reloads.labels(result="failed").inc()
+        log.error(
+            "reload failed, still serving %s v%s: %s", manifest.name, manifest.version, reason
+        )
+        return False
+
     async def close(self) -> None:
+        if self._reload_task is not None:
+            self._reload_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reload_task
         if self.batcher is not None:
             await self.batcher.stop()
         self.metrics.ready.set(0)
