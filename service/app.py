@@ -22,7 +22,7 @@ from . import __version__
 from .config import Settings
 from .errors import ERROR_RESPONSES, error_response, install_error_handlers
 from .metrics import Metrics
-from .routes import classify, health, metrics, purify, v2
+from .routes import classify, demo, health, metrics, purify, v2
 from .state import ServiceState
 
 log = logging.getLogger("spikeguard.service")
@@ -139,7 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = service
     app.state.metrics = service.metrics
     install_error_handlers(app)
-    for module in (classify, purify, health, v2, metrics):
+    for module in (classify, purify, health, v2, metrics, demo):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     app.add_middleware(
         RequestMetricsMiddleware,

@@ -184,6 +184,7 @@ def _rows(result: StageResult, rows: slice) -> StageResult:
     return StageResult(
         purified=take(result.purified),
         noise_level=take(result.noise_level),
+        noise_map=take(result.noise_map),
         purifier_spikes=take(result.purifier_spikes),
         logits=take(result.logits),
         classifier_spikes=take(result.classifier_spikes),

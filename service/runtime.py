@@ -137,6 +137,7 @@ def session_options(settings: Settings) -> ort.SessionOptions:
 class StageResult:
     purified: np.ndarray | None = None  # [n, C, H, W]
     noise_level: np.ndarray | None = None  # [n] mean estimated noise level per image
+    noise_map: np.ndarray | None = None  # [n, C, H, W] estimated noise level per pixel
     purifier_spikes: np.ndarray | None = None  # [n]
     logits: np.ndarray | None = None  # [n, K]
     classifier_spikes: np.ndarray | None = None  # [n]
@@ -191,6 +192,8 @@ class Runtime:
             result.purified[purify] = purified
             result.noise_level = np.full(n, np.nan, np.float32)
             result.noise_level[purify] = noise.reshape(len(noise), -1).mean(axis=1)
+            result.noise_map = np.full(images.shape, np.nan, np.float32)
+            result.noise_map[purify] = noise
             result.purifier_spikes = np.full(n, np.nan, np.float32)
             result.purifier_spikes[purify] = spikes
             classifier_input = np.where(purify[:, None, None, None], result.purified, images)

@@ -1,4 +1,7 @@
-"""``POST /purify``: the purified image as PNG."""
+"""``POST /purify``: the purified image as PNG, or (``output=noise``) the noise-level map
+the purifier estimated: a grey PNG whose level / 255 is the estimated noise level at that
+pixel (in pixel units, [0, 1]; averaged over the colour channels). Both carry the same
+``X-Noise-Level`` (the map's mean) and ``X-Spike-Count`` headers."""
 
 from __future__ import annotations
 
@@ -18,7 +21,9 @@ router = APIRouter(tags=["purify"])
 @router.post(
     "/purify",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}, "description": "the purified image"}},
+    responses={
+        200: {"content": {"image/png": {}}, "description": "the purified image or noise map"}
+    },
     dependencies=[Depends(one_file)],
 )
 async def purify_image(
@@ -29,13 +34,18 @@ async def purify_image(
         Literal["model", "original"],
         Query(description="model resolution, or resized back to the upload's size"),
     ] = "model",
+    output: Annotated[
+        Literal["purified", "noise"],
+        Query(description="the purified image, or the estimated noise-level map (level / 255)"),
+    ] = "purified",
 ) -> Response:
     image, _ = await read_upload(file, service, runtime)
     job = await service.infer(image.pixels[None], purify=True, classify=False)
     result = job.result
-    assert result.purified is not None
+    assert result.purified is not None and result.noise_map is not None
     target = image.original_size if size == "original" else None
-    png = await run_in_threadpool(encode_png, result.purified[0], target)
+    pixels = result.purified[0] if output == "purified" else result.noise_map[0].mean(0)[None]
+    png = await run_in_threadpool(encode_png, pixels, target)
     return Response(
         png,
         media_type="image/png",
