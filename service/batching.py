@@ -109,13 +109,21 @@ class MicroBatcher:
                 f"the inference queue is full ({self._queue.maxsize} waiting)"
             ) from None
         self._metrics.queue_depth.set(self.depth)
-        # a timed-out job's future is cancelled; the worker skips it
-        return await asyncio.wait_for(job.future, timeout)
+        # on timeout the job's future is cancelled, and the worker skips it
+        async with asyncio.timeout(timeout):
+            return await job.future
 
-    async def _next_job(self, deadline: float) -> Job | None:
+    async def _next_job(self, deadline: float | None) -> Job | None:
+        """The next job, waiting until ``deadline`` (forever if None); None at the deadline.
+
+        ``asyncio.timeout`` rather than ``wait_for``: on Python 3.11, ``wait_for`` swallows
+        a cancellation that arrives as the queue hands over an item, and ``stop()`` would
+        then wait forever."""
         if self._carried is not None:
             job, self._carried = self._carried, None
             return job
+        if deadline is None:
+            return await self._queue.get()
         remaining = deadline - time.perf_counter()
         if remaining <= 0:
             try:
@@ -123,12 +131,13 @@ class MicroBatcher:
             except asyncio.QueueEmpty:
                 return None
         try:
-            return await asyncio.wait_for(self._queue.get(), remaining)
+            async with asyncio.timeout(remaining):
+                return await self._queue.get()
         except TimeoutError:
             return None
 
     async def _gather(self) -> list[Job]:
-        first = await self._next_job(float("inf"))
+        first = await self._next_job(None)
         jobs, images = [first], first.size
         deadline = time.perf_counter() + self._wait
         while images < self.max_batch_size:

@@ -184,29 +184,26 @@ class Runtime:
         if purify.any():
             start = time.perf_counter()
             purified, noise, spikes = self.sessions["purifier"].run(
-                None, {"image": np.ascontiguousarray(images[purify])}
+                None, {"image": _select(images, purify)}
             )
             result.timings["purify"] = time.perf_counter() - start
-            n = len(images)
-            result.purified = np.zeros_like(images)
-            result.purified[purify] = purified
-            result.noise_level = np.full(n, np.nan, np.float32)
-            result.noise_level[purify] = noise.reshape(len(noise), -1).mean(axis=1)
-            result.noise_map = np.full(images.shape, np.nan, np.float32)
-            result.noise_map[purify] = noise
-            result.purifier_spikes = np.full(n, np.nan, np.float32)
-            result.purifier_spikes[purify] = spikes
-            classifier_input = np.where(purify[:, None, None, None], result.purified, images)
+            result.purified = _scatter(purified, purify, fill=0.0)
+            result.noise_level = _scatter(noise.reshape(len(noise), -1).mean(axis=1), purify)
+            result.noise_map = _scatter(noise, purify)
+            result.purifier_spikes = _scatter(spikes, purify)
+            classifier_input = (
+                result.purified
+                if purify.all()
+                else np.where(purify[:, None, None, None], result.purified, images)
+            )
         if classify.any():
             start = time.perf_counter()
             logits, spikes = self.sessions["classifier"].run(
-                None, {"image": np.ascontiguousarray(classifier_input[classify])}
+                None, {"image": _select(classifier_input, classify)}
             )
             result.timings["classify"] = time.perf_counter() - start
-            result.logits = np.zeros((len(images), logits.shape[1]), np.float32)
-            result.logits[classify] = logits
-            result.classifier_spikes = np.full(len(images), np.nan, np.float32)
-            result.classifier_spikes[classify] = spikes
+            result.logits = _scatter(logits, classify, fill=0.0)
+            result.classifier_spikes = _scatter(spikes, classify)
         return result
 
     def warm_up(self, batch: int = 2) -> None:
@@ -224,6 +221,20 @@ class Runtime:
                 f"classifier returns logits of shape {shape}, the manifest names "
                 f"{self.manifest.num_classes} classes"
             )
+
+
+def _select(array: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The rows of ``array`` that ``mask`` selects, without a copy when it selects all."""
+    return np.ascontiguousarray(array if mask.all() else array[mask])
+
+
+def _scatter(rows: np.ndarray, mask: np.ndarray, fill: float = np.nan) -> np.ndarray:
+    """``rows`` back at the positions ``mask`` selects; the others hold ``fill``."""
+    if mask.all():
+        return rows
+    out = np.full((len(mask), *rows.shape[1:]), fill, rows.dtype)
+    out[mask] = rows
+    return out
 
 
 def _check_io(role: str, session: ort.InferenceSession, outputs: tuple[str, ...]) -> None:

@@ -20,12 +20,16 @@ import hashlib
 import inspect
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# The repository root goes first on sys.path: pytest puts tests/ there for this file, and
+# tests/service/ would otherwise shadow the real ``service`` package as a namespace package.
+sys.path.insert(0, str(REPO))
 CACHE_ROOT = Path(os.environ.get("SPIKEGUARD_TEST_CACHE", REPO / ".cache" / "tests"))
 SOURCES = [
     "training/snn.py",

@@ -1,0 +1,170 @@
+"""Load test for ``POST /classify``: requests/s and p50/p99 latency at several concurrencies.
+
+Starts ``python -m service`` on 127.0.0.1 (a free port) for the model directory given, or
+targets a running server with ``--url``. Sends real Fashion-MNIST test images (PNG), a
+bounded number of requests per concurrency level, after a warm-up.
+
+    .venv/bin/python bench/service_load.py --model-dir models/fashion-mnist \
+        --concurrency 1 16 --requests 400
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import io
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+FASHION_TEST_IMAGES = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
+
+
+def fashion_pngs(count: int) -> list[bytes]:
+    """The first ``count`` Fashion-MNIST test images as PNG files."""
+    with gzip.open(FASHION_TEST_IMAGES) as f:
+        data = f.read()
+    images = np.frombuffer(data, np.uint8, offset=16).reshape(-1, 28, 28)[:count]
+    out = []
+    for image in images:
+        buffer = io.BytesIO()
+        Image.fromarray(image, "L").save(buffer, format="PNG")
+        out.append(buffer.getvalue())
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model_dir: str, env_overrides: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**os.environ, "SPIKEGUARD_MODEL_DIR": model_dir, **env_overrides}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the service exited with code {process.returncode}")
+        try:
+            response = httpx.get(f"{url}/readyz", timeout=2)
+            if response.status_code == 200:
+                return process, url
+            if "loading" not in response.text:
+                process.terminate()
+                raise SystemExit(f"the service is not ready: {response.text}")
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    process.terminate()
+    raise SystemExit("the service did not become ready within 120 s")
+
+
+async def run_level(
+    url: str, images: list[bytes], concurrency: int, requests: int, purify: bool
+) -> dict:
+    latencies: list[float] = []
+    errors: dict[int, int] = {}
+    counter = iter(range(requests))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
+
+        async def worker() -> None:
+            for i in counter:
+                files = {"file": ("image.png", images[i % len(images)], "image/png")}
+                start = time.perf_counter()
+                response = await http.post(
+                    "/classify", files=files, params={"purify": str(purify).lower()}
+                )
+                latencies.append(time.perf_counter() - start)
+                if response.status_code != 200:
+                    errors[response.status_code] = errors.get(response.status_code, 0) + 1
+
+        # warm-up: connections opened, every code path taken once
+        warm = iter(range(2 * concurrency))
+        await asyncio.gather(
+            *[
+                http.post("/classify", files={"file": ("w.png", images[i % len(images)])})
+                for i in warm
+            ]
+        )
+        start = time.perf_counter()
+        await asyncio.gather(*[worker() for _ in range(concurrency)])
+        elapsed = time.perf_counter() - start
+    ms = sorted(x * 1e3 for x in latencies)
+    return {
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "errors": errors,
+        "seconds": elapsed,
+        "requests_per_s": len(latencies) / elapsed,
+        "p50_ms": statistics.median(ms),
+        "p99_ms": ms[min(len(ms) - 1, int(round(0.99 * (len(ms) - 1))))],
+        "mean_ms": statistics.fmean(ms),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", default="models/fashion-mnist")
+    parser.add_argument("--url", help="benchmark a running server instead of starting one")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--requests", type=int, default=400, help="requests per level")
+    parser.add_argument("--no-purify", action="store_true", help="classify without purifier")
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="KEY=VALUE",
+        help="extra SPIKEGUARD_* settings for the started server",
+    )  # fmt: skip
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+    if args.requests < 1 or min(args.concurrency) < 1:
+        parser.error("--requests and --concurrency must be >= 1")
+    overrides = dict(item.split("=", 1) for item in args.env)
+    images = fashion_pngs(64)
+    process = None
+    url = args.url
+    if url is None:
+        process, url = start_server(args.model_dir, overrides)
+    try:
+        readyz = httpx.get(f"{url}/readyz", timeout=5).json()
+        results = [
+            asyncio.run(run_level(url, images, c, args.requests, not args.no_purify))
+            for c in args.concurrency
+        ]
+    finally:
+        if process is not None:
+            process.terminate()
+            process.wait(10)
+    print(f"model {readyz.get('model')} providers {readyz.get('providers')} at {url}")
+    print(f"{'concurrency':>11} {'requests':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} errors")
+    for r in results:
+        print(
+            f"{r['concurrency']:>11} {r['requests']:>8} {r['requests_per_s']:>8.1f} "
+            f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['errors'] or '-'}"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps({"readyz": readyz, "results": results}, indent=2))
+    return 0 if not any(r["errors"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

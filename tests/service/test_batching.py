@@ -1,0 +1,186 @@
+"""Micro-batching: concurrent requests share a batch; a full queue refuses with 503."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from service.batching import MicroBatcher, Overloaded
+from service.metrics import Metrics
+from service.runtime import StageResult
+
+
+def echo_batch(calls: list[int], gate: threading.Event | None = None):
+    """A stand-in model: logits = the image's mean; records each batch's size."""
+
+    def run(images, purify, classify):
+        if gate is not None:
+            gate.wait(5)
+        calls.append(len(images))
+        means = images.reshape(len(images), -1).mean(axis=1)
+        return StageResult(
+            logits=np.stack([means, -means], axis=1),
+            classifier_spikes=np.arange(len(images), dtype=np.float32),
+            timings={"classify": 0.001},
+        )
+
+    return run
+
+
+def image(value: float, n: int = 1) -> np.ndarray:
+    return np.full((n, 1, 4, 4), value, np.float32)
+
+
+def test_concurrent_jobs_are_batched_and_answered_in_order():
+    calls: list[int] = []
+
+    async def main():
+        batcher = MicroBatcher(
+            echo_batch(calls), Metrics(), max_batch_size=8, batch_wait_ms=200, queue_size=16
+        )
+        batcher.start()
+        try:
+            jobs = [
+                batcher.submit(image(v / 10, n), purify=False, classify=True, timeout=5)
+                for v, n in [(1, 1), (2, 2), (3, 1), (4, 1)]
+            ]
+            return await asyncio.gather(*jobs)
+        finally:
+            await batcher.stop()
+
+    results = asyncio.run(main())
+    assert calls == [5]
+    assert [r.batch_size for r in results] == [5, 5, 5, 5]
+    # each job gets its own rows back
+    rows = [r.result.logits[:, 0] for r in results]
+    expected = [[0.1], [0.2, 0.2], [0.3], [0.4]]
+    assert [len(r) for r in rows] == [1, 2, 1, 1]
+    for got, want in zip(rows, expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_batches_never_exceed_max_batch_size():
+    calls: list[int] = []
+
+    async def main():
+        batcher = MicroBatcher(
+            echo_batch(calls), Metrics(), max_batch_size=4, batch_wait_ms=100, queue_size=16
+        )
+        batcher.start()
+        try:
+            await asyncio.gather(
+                *[
+                    batcher.submit(image(0.5, 3), purify=False, classify=True, timeout=5)
+                    for _ in range(3)
+                ]
+            )
+        finally:
+            await batcher.stop()
+
+    asyncio.run(main())
+    assert calls == [3, 3, 3]
+
+
+def test_full_queue_is_refused_at_once():
+    calls: list[int] = []
+    gate = threading.Event()
+
+    async def main():
+        batcher = MicroBatcher(
+            echo_batch(calls, gate), Metrics(), max_batch_size=1, batch_wait_ms=0, queue_size=2
+        )
+        batcher.start()
+        try:
+            running = asyncio.ensure_future(
+                batcher.submit(image(0.1), purify=False, classify=True, timeout=5)
+            )
+            await asyncio.sleep(0.1)  # the worker has taken it and is blocked in the model
+            queued = [
+                asyncio.ensure_future(
+                    batcher.submit(image(0.2), purify=False, classify=True, timeout=5)
+                )
+                for _ in range(2)
+            ]
+            await asyncio.sleep(0)
+            start = time.perf_counter()
+            with pytest.raises(Overloaded):
+                await batcher.submit(image(0.3), purify=False, classify=True, timeout=5)
+            refused_after = time.perf_counter() - start
+            gate.set()
+            await asyncio.gather(running, *queued)
+            return refused_after
+        finally:
+            gate.set()
+            await batcher.stop()
+
+    assert asyncio.run(main()) < 1.0
+    assert calls == [1, 1, 1]
+
+
+def test_timed_out_job_is_skipped():
+    calls: list[int] = []
+    gate = threading.Event()
+
+    async def main():
+        batcher = MicroBatcher(
+            echo_batch(calls, gate), Metrics(), max_batch_size=1, batch_wait_ms=0, queue_size=4
+        )
+        batcher.start()
+        try:
+            blocked = asyncio.ensure_future(
+                batcher.submit(image(0.1), purify=False, classify=True, timeout=5)
+            )
+            await asyncio.sleep(0.1)
+            with pytest.raises(TimeoutError):
+                await batcher.submit(image(0.2), purify=False, classify=True, timeout=0.05)
+            gate.set()
+            await blocked
+        finally:
+            gate.set()
+            await batcher.stop()
+
+    asyncio.run(main())
+    assert calls == [1]
+
+
+def test_full_queue_answers_503_with_retry_after(make_client, fashion_png):
+    """Over HTTP: the model is held busy, so the one queue slot fills and the next
+    request is refused instead of waiting."""
+    client = make_client(queue_size=1, max_batch_size=1, batch_wait_ms=0)
+    batcher = client.app.state.service.batcher
+    real_run = batcher._run_batch
+    entered, gate = threading.Event(), threading.Event()
+
+    def slow_run(*args):
+        entered.set()
+        gate.wait(10)
+        return real_run(*args)
+
+    batcher._run_batch = slow_run
+    responses: list = []
+
+    def post():
+        responses.append(client.post("/classify", files={"file": ("x.png", fashion_png)}))
+
+    threads = [threading.Thread(target=post) for _ in range(2)]
+    threads[0].start()
+    assert entered.wait(10), "the first request never reached the model"
+    threads[1].start()
+    deadline = time.monotonic() + 10
+    while batcher.depth < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    refused = client.post("/classify", files={"file": ("x.png", fashion_png)})
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["error"]["code"] == "queue_full"
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert sorted(r.status_code for r in responses) == [200, 200]
+    assert (
+        'spikeguard_rejected_requests_total{reason="queue_full"} 1.0' in client.get("/metrics").text
+    )

@@ -1,0 +1,178 @@
+"""ONNX export: ONNX Runtime reproduces PyTorch on a tiny trained (firing) model; the
+manifest describes the files; the command refuses what it must refuse."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from training.__main__ import main
+from training.checkpoint import load_model
+from training.data import load_split
+from training.export import PARITY_ATOL, Parity, sha256_file
+from training.snn import SpikeRecorder
+
+
+@pytest.fixture(scope="module")
+def test_images() -> torch.Tensor:
+    return load_split("fashion-mnist", train=False).subset(16, seed=1).float_images()
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_build: Path, test_images) -> dict:
+    """One PyTorch forward pass of each network on ``test_images``, with the spike
+    counts and firing rates its hooks recorded."""
+    classifier, _ = load_model(tiny_build / "classifier.safetensors")
+    purifier, _ = load_model(tiny_build / "purifier.safetensors")
+    with (
+        torch.no_grad(),
+        SpikeRecorder(classifier) as classifier_spikes,
+        SpikeRecorder(purifier) as purifier_spikes,
+    ):
+        purified, noise_level = purifier(test_images)
+        logits = classifier(test_images)
+    return {
+        "purified": purified.numpy(),
+        "noise_level": noise_level.numpy(),
+        "logits": logits.numpy(),
+        "classifier_spikes": classifier_spikes.total().numpy(),
+        "purifier_spikes": purifier_spikes.total().numpy(),
+        "rates": {"classifier": classifier_spikes.rates, "purifier": purifier_spikes.rates},
+    }
+
+
+def test_every_spiking_layer_fires(reference):
+    """The parity below means something only if the networks are not silent."""
+    for network, rates in reference["rates"].items():
+        assert rates and min(rates.values()) > 0, (network, rates)
+
+
+def test_onnx_matches_pytorch(reference, tiny_model_dir: Path, test_images):
+    sessions = {
+        name: ort.InferenceSession(str(tiny_model_dir / f"{name}.onnx"))
+        for name in ("purifier", "classifier")
+    }
+    x = test_images.numpy()
+    purified, noise_level, purifier_spikes = sessions["purifier"].run(None, {"image": x})
+    logits, classifier_spikes = sessions["classifier"].run(None, {"image": x})
+    np.testing.assert_allclose(logits, reference["logits"], rtol=0, atol=PARITY_ATOL)
+    np.testing.assert_allclose(purified, reference["purified"], rtol=0, atol=PARITY_ATOL)
+    np.testing.assert_allclose(noise_level, reference["noise_level"], rtol=0, atol=PARITY_ATOL)
+    assert (logits.argmax(1) == reference["logits"].argmax(1)).all()
+    np.testing.assert_array_equal(classifier_spikes, reference["classifier_spikes"])
+    np.testing.assert_array_equal(purifier_spikes, reference["purifier_spikes"])
+    # outputs depend on the input: a silent network would give one row for all images
+    assert classifier_spikes.min() > 0 and purifier_spikes.min() > 0
+    assert len(np.unique(classifier_spikes)) > 1
+    assert np.ptp(logits, axis=0).max() > 1e-3
+    assert np.abs(purified - x).max() > 1e-3
+
+
+def test_batch_axis_is_dynamic(tiny_model_dir: Path, test_images):
+    session = ort.InferenceSession(str(tiny_model_dir / "classifier.onnx"))
+    assert session.get_inputs()[0].shape[0] == session.get_outputs()[0].shape[0]
+    assert isinstance(session.get_inputs()[0].shape[0], str)
+    full, _ = session.run(None, {"image": test_images[:7].numpy()})
+    single, _ = session.run(None, {"image": test_images[3:4].numpy()})
+    assert full.shape == (7, 10)
+    np.testing.assert_allclose(single[0], full[3], atol=1e-5)
+
+
+def test_io_names_follow_the_contract(tiny_model_dir: Path):
+    names = {}
+    for name in ("purifier", "classifier"):
+        session = ort.InferenceSession(str(tiny_model_dir / f"{name}.onnx"))
+        names[name] = (
+            [i.name for i in session.get_inputs()],
+            [o.name for o in session.get_outputs()],
+        )
+    assert names == {
+        "purifier": (["image"], ["purified", "noise_level", "spikes"]),
+        "classifier": (["image"], ["logits", "spikes"]),
+    }
+
+
+def test_manifest(tiny_model_dir: Path):
+    manifest = json.loads((tiny_model_dir / "manifest.json").read_text())
+    assert manifest["format_version"] == 1
+    assert manifest["name"] == "tiny-fashion-mnist" and manifest["version"] == "0.0.1"
+    assert manifest["dataset"] == "fashion-mnist" and len(manifest["class_names"]) == 10
+    assert manifest["input"] == {
+        "name": "image",
+        "dtype": "float32",
+        "layout": "NCHW",
+        "channels": 1,
+        "height": 28,
+        "width": 28,
+        "value_range": [0.0, 1.0],
+    }
+    assert manifest["normalization"]["inside_graph"] is True
+    assert manifest["neurons"] == {"timesteps": 2, "thresholds": [0.6, 1.6, 2.6], "decay": 0.25}
+    for role, entry in manifest["files"].items():
+        assert entry["sha256"] == sha256_file(tiny_model_dir / entry["path"]), role
+        assert entry["inputs"] == ["image"]
+    assert manifest["training"]["classifier"]["steps"] > 0
+    metrics = manifest["metrics"]
+    assert metrics["eval_images"] == 200
+    assert 0 <= metrics["clean_accuracy"] <= 1 and 0 <= metrics["purified_clean_accuracy"] <= 1
+    parity = manifest["export"]["parity"]
+    assert parity["logits_max_abs"] < PARITY_ATOL and parity["top1_agreement"] == 1.0
+    assert parity["classifier_mean_spikes"] > 0 and parity["purifier_mean_spikes"] > 0
+
+
+def test_existing_directory_needs_force(tiny_build: Path, tmp_path: Path, capsys):
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "keep").write_text("mine")
+    code = main(
+        [
+            "export",
+            "--classifier",
+            str(tiny_build / "classifier.safetensors"),
+            "--purifier",
+            str(tiny_build / "purifier.safetensors"),
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert "--force" in err and len(err.splitlines()) == 1
+    assert (out / "keep").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    ("args", "mentions"),
+    [
+        (["--classifier", "missing.safetensors"], "not found"),
+        (["--eval-images", "0"], "--eval-images"),
+        (["--metrics-json", "missing.json"], "--metrics-json"),
+        (["--swap"], "not a classifier"),
+    ],
+)
+def test_bad_arguments_exit_2(tiny_build: Path, tmp_path: Path, capsys, args, mentions):
+    classifier = str(tiny_build / "classifier.safetensors")
+    purifier = str(tiny_build / "purifier.safetensors")
+    if args == ["--swap"]:
+        classifier, purifier, args = purifier, classifier, []
+    argv = ["export", "--classifier", classifier, "--purifier", purifier]
+    argv += ["--out", str(tmp_path / "model"), *args]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert mentions in err and "Traceback" not in err
+    assert not (tmp_path / "model").exists()
+
+
+def test_parity_problems_are_reported():
+    good = Parity(64, 1e-6, 1e-7, 1e-7, 1.0, 1.0, 0.0, 0.0, 1000.0, 2000.0)
+    assert good.problems() == []
+    drifted = Parity(64, 3e-3, 1e-7, 1e-7, 0.98, 1.0, 2.0, 0.0, 1000.0, 2000.0)
+    assert any("logits differ by 0.003" in p for p in drifted.problems())
+    assert any("top-1 agreement 0.98" in p for p in drifted.problems())
+    silent = Parity(64, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 2000.0)
+    assert any("silent" in p for p in silent.problems())
