@@ -1,5 +1,7 @@
 """``python -m training export``: purifier + classifier checkpoints -> a model directory
-(``manifest.json``, ``purifier.onnx``, ``classifier.onnx``) that the service loads.
+(``manifest.json``, ``purifier.onnx``, ``classifier.onnx``) that the service loads, with
+``--samples N`` test images and adversarial versions of them for the demo page
+(``samples/``, see ``training/samples.py``).
 
 Graph contract (the service depends on it; batch axis dynamic):
 
@@ -40,6 +42,7 @@ from .checkpoint import load_model
 from .data import dataset_info, load_split
 from .errors import UsageError
 from .models import is_classifier
+from .samples import DEFAULT_SAMPLES, default_eps, write_samples
 from .snn import SpikeRecorder
 
 FORMAT_VERSION = 1
@@ -279,6 +282,8 @@ def export_model(
     batch_size: int = 100,
     robust_metrics: dict[str, Any] | None = None,
     force: bool = False,
+    samples: int = 0,
+    samples_eps: float | None = None,
 ) -> dict[str, Any]:
     """Exports, verifies and installs a model directory; returns the manifest.
 
@@ -289,6 +294,10 @@ def export_model(
         raise UsageError(f"{out} exists; pass --force to replace it")
     if eval_images < 1:
         raise UsageError(f"--eval-images must be >= 1, got {eval_images}")
+    if samples < 0 or not (samples_eps is None or 0 < samples_eps <= 1):
+        raise UsageError(
+            f"--samples must be >= 0 and --samples-eps in (0, 1], got {samples}, {samples_eps}"
+        )
     try:
         classifier, classifier_meta = load_model(classifier_path)
         purifier, purifier_meta = load_model(purifier_path)
@@ -353,6 +362,17 @@ def export_model(
             parity=parity,
         )
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        if samples:
+            # fresh models: the graph wrappers above hooked spike recorders onto theirs
+            manifest["samples"] = write_samples(
+                staging,
+                load_model(classifier_path)[0],
+                load_model(purifier_path)[0],
+                dataset,
+                n=samples,
+                eps=samples_eps or default_eps(purifier_meta, classifier_meta),
+                data_dir=data_dir,
+            )
         _install(staging, out, force)
     finally:
         if staging.exists():
@@ -458,6 +478,18 @@ def configure(parser: argparse.ArgumentParser, command: str) -> None:
         "--metrics-json", help="robust accuracies from the evaluation, stored in the manifest"
     )
     parser.add_argument("--force", action="store_true", help="replace an existing --out")
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=DEFAULT_SAMPLES,
+        help=f"test images stored with adversarial versions for the demo page (default "
+        f"{DEFAULT_SAMPLES}; 0: none)",
+    )
+    parser.add_argument(
+        "--samples-eps",
+        type=float,
+        help="L-inf budget of the samples' attacks (default: the checkpoints' eval_eps)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -482,6 +514,8 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         robust_metrics=robust,
         force=args.force,
+        samples=args.samples,
+        samples_eps=args.samples_eps,
     )
     metrics, parity = manifest["metrics"], manifest["export"]["parity"]
     print(

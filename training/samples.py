@@ -1,0 +1,250 @@
+"""Demo samples stored with an exported model: a few test images and adversarial versions
+of each, every one labelled with the threat model it was made under.
+
+``write_samples`` writes ``<model_dir>/samples/<id>.png`` and returns one record per image
+(also added to ``manifest.json`` as its ``samples`` list when the directory has one). The
+service's demo page lists them through ``GET /samples`` and fetches them through
+``GET /samples/{id}``. Per test image there are four variants:
+
+* ``clean``: the test image itself.
+* ``pgd``: L-inf PGD against the undefended classifier (*classifier-only*, the paper's
+  protocol); the purifier first sees the finished example, so on the pipeline it is a
+  transfer attack.
+* ``autoattack``: the same threat model, made by the first two stages of standard
+  AutoAttack (APGD-CE, then APGD-T on the samples APGD-CE did not fool); FAB-T and
+  Square are not run, and the records say so.
+* ``pgd-end-to-end``: L-inf PGD whose gradients flow through purifier and classifier
+  (surrogate gradients in both): an adaptive attacker who holds the whole model.
+
+Images are picked class by class, in test-set order, preferring images that both the
+classifier and the purified pipeline classify correctly, so every attack has a correct
+prediction to overturn. Adversarial examples are rounded to 8 bits inside the eps ball
+(``quantize``): the stored PNG is exactly what the attack's budget allows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from .attacks import APGD, APGDT, PGD
+from .data import dataset_info, load_split
+from .threat_models import PurifiedClassifier
+
+SAMPLES_DIR = "samples"
+DEFAULT_SAMPLES = 12
+DEFAULT_EPS = 8 / 255
+PGD_STEPS = 20
+APGD_STEPS = 100
+# test images scanned for correctly classified candidates, per requested sample
+CANDIDATES_PER_SAMPLE = 10
+
+VARIANTS = ("clean", "pgd", "autoattack", "pgd-end-to-end")
+THREAT_MODELS: dict[str, tuple[str | None, str]] = {
+    "clean": (None, "the unmodified test image"),
+    "pgd": (
+        "classifier-only",
+        "crafted against the undefended classifier, then transferred to the purified pipeline",
+    ),
+    "autoattack": (
+        "classifier-only",
+        "crafted against the undefended classifier, then transferred to the purified pipeline",
+    ),
+    "pgd-end-to-end": (
+        "end-to-end",
+        "adaptive attacker: gradients flow through the purifier and the classifier",
+    ),
+}
+
+
+def default_eps(*metas: dict[str, Any]) -> float:
+    """The evaluation epsilon the checkpoints were trained for (their config's
+    ``eval_eps``), or 8/255 when none names one."""
+    for meta in metas:
+        eps = (meta.get("config") or {}).get("eval_eps")
+        if eps is not None:
+            return float(eps)
+    return DEFAULT_EPS
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, images: torch.Tensor, batch: int = 100) -> torch.Tensor:
+    return torch.cat([model(images[i : i + batch]).argmax(1) for i in range(0, len(images), batch)])
+
+
+def select_images(
+    classifier: nn.Module,
+    purifier: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    n: int,
+    num_classes: int,
+) -> list[int]:
+    """Indices of ``n`` images, classes in turn (0, 1, ..., 0, 1, ...), each the first
+    unused image of its class that classifier and pipeline both get right, or failing
+    that the first unused image of its class."""
+    correct = (_predict(classifier, images) == labels) & (
+        _predict(PurifiedClassifier(purifier, classifier), images) == labels
+    )
+    chosen: list[int] = []
+    for slot in range(n * num_classes):
+        if len(chosen) == n:
+            break
+        of_class = [
+            i for i in range(len(labels)) if labels[i] == slot % num_classes and i not in chosen
+        ]
+        if of_class:
+            good = [i for i in of_class if correct[i]]
+            chosen.append((good or of_class)[0])
+    for i in range(len(labels)):  # classes ran out of images: fill in test-set order
+        if len(chosen) == n:
+            break
+        if i not in chosen:
+            chosen.append(i)
+    return chosen
+
+
+def quantize(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> np.ndarray:
+    """``x_adv`` as uint8 [B, C, H, W], rounded to the nearest level that stays inside the
+    L-inf ball of radius ``eps`` around ``x`` (itself on the 8-bit grid) and in [0, 255]."""
+    base = torch.round(x * 255)
+    budget = np.floor(eps * 255 + 1e-6)
+    levels = torch.round(x_adv * 255)
+    levels = torch.min(torch.max(levels, base - budget), base + budget).clamp(0, 255)
+    return levels.to(torch.uint8).numpy()
+
+
+def _autoattack_subset(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, seed: int
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """AutoAttack's first two stages as the reference cascade runs them: APGD-CE on every
+    sample, then APGD-T on those it did not fool."""
+    apgd = APGD(model, eps, steps, seed=seed)
+    apgd_t = APGDT(model, eps, steps, seed=seed)
+    x_adv = apgd(x, y)
+    with torch.no_grad():
+        robust = (model(x_adv).argmax(1) == y).nonzero().flatten()
+    if len(robust):
+        x_adv[robust] = apgd_t(x[robust], y[robust])
+    settings = {
+        "attack": "autoattack",
+        "version": "standard, first two stages",
+        "components": ["apgd-ce", "apgd-t"],
+        "not_run": ["fab-t", "square"],
+        "apgd-ce": apgd.settings(),
+        "apgd-t": apgd_t.settings(),
+    }
+    return x_adv, settings
+
+
+def _write_png(path: Path, pixels: np.ndarray) -> str:
+    """``pixels`` uint8 [C, H, W] -> PNG at ``path``; returns its sha256."""
+    image = (
+        Image.fromarray(pixels[0], "L")
+        if pixels.shape[0] == 1
+        else Image.fromarray(pixels.transpose(1, 2, 0), "RGB")
+    )
+    image.save(path, format="PNG")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _add_to_manifest(model_dir: Path, records: list[dict[str, Any]]) -> None:
+    path = model_dir / "manifest.json"
+    if not path.exists():
+        return
+    manifest = json.loads(path.read_text())
+    manifest["samples"] = records
+    staged = path.with_name(".manifest.json.tmp")
+    staged.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(staged, path)
+
+
+def write_samples(
+    model_dir: str | os.PathLike,
+    classifier: nn.Module,
+    purifier: nn.Module,
+    dataset: str,
+    *,
+    n: int = DEFAULT_SAMPLES,
+    eps: float = DEFAULT_EPS,
+    data_dir: str | os.PathLike | None = None,
+    pgd_steps: int = PGD_STEPS,
+    apgd_steps: int = APGD_STEPS,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Picks ``n`` test images of ``dataset``, attacks them, writes every variant to
+    ``<model_dir>/samples/`` (replacing what was there) and returns the records.
+
+    PGD runs ``pgd_steps`` steps of ``2.5 * eps / pgd_steps`` from a random start (Madry
+    et al.'s step rule); APGD-CE and APGD-T run ``apgd_steps`` iterations each. ``classifier``
+    and ``purifier`` are switched to eval mode."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if not 0 < eps <= 1:
+        raise ValueError(f"eps must be in (0, 1], got {eps}")
+    model_dir = Path(model_dir)
+    classifier.eval()
+    purifier.eval()
+    info = dataset_info(dataset)
+    test = load_split(dataset, train=False, data_dir=data_dir).first(n * CANDIDATES_PER_SAMPLE)
+    images, labels = test.float_images(), test.labels
+    indices = select_images(classifier, purifier, images, labels, n, info.num_classes)
+    x, y = images[indices], labels[indices]
+
+    pipeline = PurifiedClassifier(purifier, classifier)
+    alpha = 2.5 * eps / pgd_steps
+    pgd = PGD(classifier, eps, alpha, pgd_steps, seed=seed)
+    pgd_end_to_end = PGD(pipeline, eps, alpha, pgd_steps, seed=seed)
+    with torch.enable_grad():
+        autoattack, autoattack_settings = _autoattack_subset(
+            classifier, x, y, eps, apgd_steps, seed
+        )
+        adversarial = {
+            "pgd": (pgd(x, y), pgd.settings(), pgd_steps),
+            "autoattack": (autoattack, autoattack_settings, apgd_steps),
+            "pgd-end-to-end": (pgd_end_to_end(x, y), pgd_end_to_end.settings(), pgd_steps),
+        }
+    stored = {"clean": (x * 255).round().to(torch.uint8).numpy()}
+    stored |= {name: quantize(x_adv, x, eps) for name, (x_adv, _, _) in adversarial.items()}
+
+    out = model_dir / SAMPLES_DIR
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    records = []
+    for row, index in enumerate(indices):
+        source = f"{row:02d}"
+        class_index = int(y[row])
+        for variant in VARIANTS:
+            sample_id = f"{source}-{variant}"
+            filename = f"{SAMPLES_DIR}/{sample_id}.png"
+            threat_model, threat_note = THREAT_MODELS[variant]
+            attack = adversarial.get(variant)
+            records.append(
+                {
+                    "id": sample_id,
+                    "source": source,
+                    "file": filename,
+                    "sha256": _write_png(model_dir / filename, stored[variant][row]),
+                    "test_index": int(index),
+                    "label": info.class_names[class_index],
+                    "class_index": class_index,
+                    "variant": variant,
+                    "threat_model": threat_model,
+                    "threat_model_note": threat_note,
+                    "eps": eps if attack else 0.0,
+                    "steps": attack[2] if attack else 0,
+                    "attack": attack[1] if attack else None,
+                }
+            )
+    _add_to_manifest(model_dir, records)
+    return records
