@@ -87,8 +87,10 @@ PRESETS: dict[str, Preset] = {
                             milestones=(2, 3), weight_decay=5e-4, subset=30000),
             # PGD-3 with step eps/2 keeps adversarial training affordable on a CPU
             adv=dict(adv_eps=0.1, adv_alpha=0.05, adv_steps=3),
-            purifier=dict(width=8, epochs=4, batch_size=64, lr=1e-3, attack="fgsm",
-                          attack_eps=0.2, charbonnier_epochs=2, beta=0.5, subset=20000),
+            # Adam at 1e-3 rather than the paper's 1e-4: this schedule is ~100x shorter
+            purifier=dict(width=8, epochs=3, batch_size=64, lr=1e-3, attack="fgsm",
+                          attack_eps=0.2, charbonnier_epochs=1, beta=0.5, subset=12000,
+                          val_images=1000),
             surrogates={
                 "resnet20_snn": ("--model", "resnet20_snn", "--width", "8", "--seed", "1"),
                 "wrn16_8_snn": ("--model", "wrn16_8_snn", "--width", "2", "--seed", "2"),

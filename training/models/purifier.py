@@ -83,6 +83,10 @@ class ResidualUNet(nn.Module):
         self.up2 = SpikingUp(2 * width, width, neurons)
         self.conv_up2 = _stack(width, width, 2, neurons)
         self.head = nn.Conv2d(width, in_channels, 1)
+        # the residual starts at zero, so an untrained purifier is the identity and training
+        # only has to learn what to remove (the head gets gradients from the first step)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
 
     def forward(self, x: torch.Tensor, noise_level: torch.Tensor) -> torch.Tensor:
         s1 = self.inc(self.encoder(torch.cat([x, noise_level], dim=1)))
