@@ -26,6 +26,12 @@ class Settings(BaseSettings):
     model_dir: Path = Path("models/fashion-mnist")
     providers: Literal["auto", "cuda", "cpu"] = "auto"
     intra_op_threads: int = Field(default_factory=available_cores, ge=1)
+    intra_op_spinning: bool = Field(
+        False,
+        description="let idle ORT threads spin: lower latency on dedicated cores, but on "
+        "shared or oversubscribed cores the spinning threads starve everything else "
+        "(several times slower on a busy 2-core machine)",
+    )
     max_batch_size: int = Field(32, ge=1, description="images per inference batch")
     batch_wait_ms: float = Field(
         2.0, ge=0, description="how long the first request of a batch waits for company"

@@ -55,3 +55,18 @@ def test_manifest_that_is_not_json(model_dir_copy: Path):
     (model_dir_copy / "manifest.json").write_text("{not json")
     with pytest.raises(ModelLoadError, match="unreadable manifest"):
         read_manifest(model_dir_copy)
+
+
+def test_session_options_follow_settings(tiny_model_dir: Path):
+    import onnxruntime as ort
+
+    from service.runtime import session_options
+
+    options = session_options(Settings(model_dir=tiny_model_dir, intra_op_threads=3))
+    assert options.intra_op_num_threads == 3
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    spinning = Settings(model_dir=tiny_model_dir, intra_op_spinning=True)
+    assert (
+        session_options(spinning).get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    )
