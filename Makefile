@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 # Written after a successful install; reinstalls when pyproject.toml is newer.
 INSTALLED := $(VENV)/.installed
 # Debian packages the tests use; each is installed when missing.
-DEBIAN_PACKAGES := dataset-fashion-mnist
+DEBIAN_PACKAGES := dataset-fashion-mnist chromium chromium-driver
 # tests/deploy: the gateway and monitoring configs under deploy/ run on these binaries.
 DEBIAN_PACKAGES += nginx-light prometheus prometheus-nginx-exporter docker-compose
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
@@ -19,7 +19,7 @@ MODEL_DIR ?= models/fashion-mnist
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: help install system-packages test lint format serve bench-models deploy-check
+.PHONY: help install system-packages test lint format serve bench-models deploy-check e2e
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' \
@@ -70,3 +70,6 @@ bench-models: $(INSTALLED) ## CPU images/s of the classifier and purifier (bench
 
 deploy-check: $(INSTALLED) system-packages ## compose, hadolint, promtool and the gateway/Prometheus tests (tests/deploy)
 	$(BIN)/pytest tests/deploy
+
+e2e: $(INSTALLED) system-packages ## the demo page in headless Chromium (tests/e2e; screenshots in test-artifacts/e2e)
+	$(BIN)/pytest tests/e2e

@@ -137,6 +137,8 @@ def _autoattack_subset(
         x_adv[robust] = apgd_t(x[robust], y[robust])
     settings = {
         "attack": "autoattack",
+        "norm": "Linf",
+        "eps": eps,
         "version": "standard, first two stages",
         "components": ["apgd-ce", "apgd-t"],
         "not_run": ["fab-t", "square"],
