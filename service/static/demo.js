@@ -18,6 +18,7 @@ const RAMP = [
   [252, 255, 164],
 ];
 const VARIANT_ORDER = ["clean", "pgd", "autoattack", "pgd-end-to-end"];
+const ATTACK_NAMES = { "apgd-ce": "APGD-CE", "apgd-t": "APGD-T", "fab-t": "FAB-T", square: "Square" };
 const THREAT_MODEL_NAMES = {
   "classifier-only": "classifier-only / transfer to the pipeline",
   "end-to-end": "end-to-end, adaptive attacker",
@@ -220,8 +221,9 @@ function describeSample(sample) {
 function attackName(sample) {
   const settings = sample.attack || {};
   if (sample.variant === "autoattack" && Array.isArray(settings.components)) {
-    const ran = settings.components.map((c) => c.toUpperCase()).join(" + ");
-    const skipped = (settings.not_run || []).map((c) => c.toUpperCase()).join(", ");
+    const name = (c) => ATTACK_NAMES[c] || c;
+    const ran = settings.components.map(name).join(" + ");
+    const skipped = (settings.not_run || []).map(name).join(", ");
     return `AutoAttack (${ran}, ${sample.steps} iterations${skipped ? `; ${skipped} not run` : ""})`;
   }
   if (sample.variant.startsWith("pgd")) return `PGD (${sample.steps} steps)`;
