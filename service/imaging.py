@@ -36,6 +36,17 @@ def limit_pillow_pixels(max_pixels: int) -> None:
     Image.MAX_IMAGE_PIXELS = max_pixels if current is None else max(current, max_pixels)
 
 
+def header_pixels(data: bytes) -> int | None:
+    """Width * height from the image's header alone, or None when Pillow cannot read one
+    (the full decode then reports why)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+    return width * height
+
+
 @dataclass
 class DecodedImage:
     pixels: np.ndarray  # float32 [C, H, W] in [0, 1] at model resolution
