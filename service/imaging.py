@@ -30,10 +30,14 @@ ORIENTATION_TRANSPOSE = {
 
 
 def limit_pillow_pixels(max_pixels: int) -> None:
-    """Pillow's own guard (process-wide): warn above ``MAX_IMAGE_PIXELS``, refuse above
-    twice that. Our explicit check runs first; this one covers what decoders open later."""
+    """Pillow's own guard (process-wide): refuse images above twice ``MAX_IMAGE_PIXELS``
+    (``DecompressionBombError``), warn above it. ``decode_image`` refuses everything above
+    ``max_pixels`` itself, so the warning says nothing new: it is silenced here, once,
+    rather than turned into an error per call with ``warnings.catch_warnings``, which is
+    not thread-safe and decoding runs in a thread pool."""
     current = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = max_pixels if current is None else max(current, max_pixels)
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def header_pixels(data: bytes) -> int | None:
@@ -73,12 +77,10 @@ def decode_image(
             413, "too_large", f"upload of {len(data)} bytes exceeds the limit of {max_bytes}"
         )
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise APIError(400, "not_an_image", "the upload is not a recognisable image") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except Image.DecompressionBombError:
         raise APIError(413, "too_many_pixels", "the image has too many pixels") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise APIError(400, "corrupt_image", f"the image cannot be read: {exc}") from None
@@ -104,15 +106,15 @@ def decode_image(
         if image.format == "JPEG":
             # decode at a reduced scale when the upload is much larger than the model
             image.draft("RGB" if channels == 3 else "L", (size[0] * 2, size[1] * 2))
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image.load()
+        image.load()
+        decoded_size = image.size  # smaller than (width, height) after a JPEG draft
         image = _apply_orientation(image)
-        original_size = image.size
+        turned = image.size != decoded_size
+        original_size = (height, width) if turned else (width, height)
         pixels = _to_array(image, channels, size)
     except APIError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except Image.DecompressionBombError:
         raise APIError(413, "too_many_pixels", "the image has too many pixels") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise APIError(400, "corrupt_image", f"the image cannot be decoded: {exc}") from None

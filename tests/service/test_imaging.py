@@ -77,3 +77,15 @@ def test_encode_png_round_trip():
     pixels = np.linspace(0, 1, 28 * 28, dtype=np.float32).reshape(1, 28, 28)
     back = decode(encode_png(pixels)).pixels
     np.testing.assert_allclose(back, pixels, atol=1 / 255)
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_large_jpeg_reports_its_real_size(orientation):
+    """JPEGs much larger than the model decode at a reduced scale; the size reported
+    for ``/purify?size=original`` is still the upload's (turned by EXIF)."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = png_bytes(gradient("RGB", size=(1200, 800)), "JPEG", exif=exif.tobytes())
+    image = decode(data)
+    assert image.pixels.shape == (1, 28, 28)
+    assert image.original_size == ((1200, 800) if orientation == 1 else (800, 1200))
