@@ -48,11 +48,12 @@ class RequestMetricsMiddleware:
             return
         start = time.perf_counter()
         status = 500
+        started = False
 
         async def send_and_record(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
             await send(message)
 
         received = 0
@@ -81,6 +82,20 @@ class RequestMetricsMiddleware:
                 await response(scope, receive, send_and_record)
                 return
             await self.app(scope, receive_within_limit, send_and_record)
+        except asyncio.CancelledError:
+            # uvicorn cancels the requests still running when the graceful-shutdown timeout
+            # (shutdown_timeout_s) runs out: answer 503 so the client retries elsewhere,
+            # instead of uvicorn's plain-text 500; the request ends here either way.
+            if started:
+                raise
+            self.metrics.rejected.labels(reason="shutting_down").inc()
+            response = error_response(
+                503,
+                "shutting_down",
+                "the service is shutting down and could not finish this request; retry",
+                {"Retry-After": "1", "Connection": "close"},
+            )
+            await response(scope, receive, send_and_record)
         finally:
             self.metrics.inflight.dec()
             route = scope.get("route")
