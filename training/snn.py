@@ -465,8 +465,9 @@ class ConvBNSpike(nn.Module):
 
 class DirectEncoder(nn.Module):
     """Direct encoding: the image is presented at every timestep. The first conv + BN sees
-    the same input each step, so it is computed once and repeated (exactly equal, since
-    the T copies give the same batch statistics)."""
+    the same input each step, so it is computed once and repeated: the output is exactly
+    that of T copies (same batch mean and variance); only BatchNorm's running-variance
+    update uses the B/(B-1) rather than the TB/(TB-1) correction, a negligible difference."""
 
     def __init__(self, in_channels: int, out_channels: int, neurons: NeuronConfig):
         super().__init__()

@@ -35,8 +35,9 @@ class TimePool(nn.Module):
 
 
 class SpikingUp(nn.Module):
-    """Transposed conv 2x2/2 -> tdBN -> MLF over ``[T, B, C, H, W]``; the output is cropped
-    to the skip's size so odd sizes (e.g. 7 -> 14 -> 28 works, 25 -> 12 -> 24 is padded)."""
+    """Transposed conv 2x2/2 -> tdBN -> MLF over ``[T, B, C, H, W]``. Where pooling floored
+    an odd size (25 -> 12 -> 24), the output is zero-padded at the bottom/right to the skip's
+    size."""
 
     def __init__(self, in_channels: int, out_channels: int, neurons: NeuronConfig):
         super().__init__()

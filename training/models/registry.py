@@ -30,4 +30,5 @@ def list_models() -> list[str]:
 
 
 def is_classifier(name: str) -> bool:
-    return name != "purifier"
+    """True for registered models that map images to logits (everything but the purifier)."""
+    return name in _MODELS and name != "purifier"
