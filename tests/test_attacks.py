@@ -265,3 +265,18 @@ def test_bpda_gradient_is_the_classifier_gradient_at_the_purified_point(model, d
     (grad_classifier,) = torch.autograd.grad(loss, p_var)
     assert grad_bpda.abs().sum() > 0
     torch.testing.assert_close(grad_bpda, grad_classifier)
+
+
+def test_huge_gradients_still_give_full_steps():
+    """Straight-through surrogates through deep MLF stacks give gradients near the float
+    limit; momentum normalisation must neither overflow to a zero step nor produce NaN."""
+    x = torch.full((2, 1, 4, 4), 0.5)
+    y = torch.zeros(2, dtype=torch.long)
+
+    def steep(images: torch.Tensor) -> torch.Tensor:
+        score = 3e37 * images.flatten(1).sum(1, keepdim=True)
+        return torch.cat([-score, score], dim=1)
+
+    x_adv = MIFGSM(steep, 0.1, steps=2)(x, y)
+    assert torch.isfinite(x_adv).all()
+    torch.testing.assert_close(x_adv, torch.full_like(x, 0.6))

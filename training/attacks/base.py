@@ -59,8 +59,9 @@ def loss_and_gradient(
     With ``eot_samples > 1`` all three are averaged over that many forward/backward passes
     (expectation over transformation, Athalye et al. 2018): only meaningful when the model
     is random. Only the input gradient is computed, never the parameters' (no ``.grad`` is
-    written). Non-finite gradient entries are zeroed so no attack ever produces NaN; the
-    evaluation's sanity checks look at the raw gradient separately."""
+    written). NaN entries are zeroed and infinite ones clipped to the largest float (their
+    sign survives), so no attack ever produces NaN; the evaluation's sanity checks report
+    non-finite raw gradients separately."""
     grad = torch.zeros_like(x)
     logits_sum: torch.Tensor | None = None
     loss_sum = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
@@ -77,7 +78,7 @@ def loss_and_gradient(
         logits_sum = logits.detach() if logits_sum is None else logits_sum + logits.detach()
     n = max(1, eot_samples)
     assert logits_sum is not None
-    return logits_sum / n, loss_sum / n, torch.nan_to_num(grad / n, nan=0.0, posinf=0.0, neginf=0.0)
+    return logits_sum / n, loss_sum / n, torch.nan_to_num(grad / n, nan=0.0)
 
 
 class Attack:

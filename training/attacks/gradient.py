@@ -128,9 +128,12 @@ class _SignGradientAttack(Attack):
                     break
             direction = grad
             if self.momentum:
-                # MI-FGSM: accumulate the L1-normalised gradient (mean |g| per sample)
-                scale = grad.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, 1, 1, 1)
-                velocity[active] = self.momentum * velocity[active] + grad / scale
+                # MI-FGSM: accumulate the L1-normalised gradient (mean |g| per sample);
+                # dividing by the max first keeps the mean finite for huge gradients
+                peak = grad.abs().flatten(1).amax(1).clamp_min(1e-30).view(-1, 1, 1, 1)
+                unit = grad / peak
+                scale = unit.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+                velocity[active] = self.momentum * velocity[active] + unit / scale
                 direction = velocity[active]
             step = x_adv[active] + self.alpha * direction.sign()
             x_adv[active] = project_linf(step, x[active], self.eps)
