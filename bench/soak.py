@@ -109,7 +109,6 @@ class Results:
     memory: list[tuple[float, int]] = field(default_factory=list)  # (time.monotonic(), RSS)
     started: float = 0.0  # the measured window: after the warm-up
     finished: float = 0.0
-    warm_up_requests: int = 0
 
 
 async def client_loop(
