@@ -262,6 +262,13 @@ def test_missing_checkpoint_and_transfer_without_source(workspace, tmp_path, cap
             "transfer"]  # fmt: skip
     assert main(args) == 2
     assert "needs --surrogate" in capsys.readouterr().err
+    args = ["evaluate", "--classifier", str(workspace / "purifier")]
+    assert main(args) == 2
+    assert "not a classifier" in capsys.readouterr().err
+    args = ["evaluate", "--classifier", str(workspace / "classifier"), "--surrogate",
+            str(workspace / "purifier")]  # fmt: skip
+    assert main(args) == 2
+    assert "holds a purifier" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main(["evaluate", "--classifier", "c", "--eps", "abc"])
     assert exc.value.code == 2

@@ -502,6 +502,8 @@ def run_suite(config: SuiteConfig, log=print) -> SuiteReport:
     source_items: dict[str, _Loaded] = {}
     for i, p in enumerate(config.sources):
         item = _load(p, "transfer source", device)
+        if item.meta.get("model") == "purifier":
+            raise UsageError(f"--surrogate {p} holds a purifier, not a classifier")
         name = item.path.parent.name if item.path.parent.name else f"source{i}"
         if name in source_items:
             name = f"{name}-{i}"
