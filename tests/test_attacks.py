@@ -7,6 +7,9 @@ fixture asserts, so the attacks are tested against a network whose gradients exi
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import pytest
 import torch
 from torch import nn
@@ -28,7 +31,7 @@ from training.attacks import (
     fgsm,
     pgd,
 )
-from training.models import create_model, register_model
+from training.models import create_model, register_model, registry
 from training.snn import ConvBNSpike, DirectEncoder, NeuronConfig, firing_rates, use_surrogate
 from training.threat_models import BPDAPipeline
 
@@ -51,9 +54,19 @@ class TinySNN(nn.Module):
         return self.fc(self.block(self.encoder(x)).mean(0).flatten(1))
 
 
-@register_model
 def tiny_snn_test(**kwargs) -> TinySNN:
     return TinySNN(**kwargs)
+
+
+@contextlib.contextmanager
+def tiny_model_registered() -> Iterator[None]:
+    """``tiny_snn_test`` in the model registry (so checkpoints of it load) while the
+    tests that need it run, and out of it afterwards, so no other test sees it."""
+    register_model(tiny_snn_test)
+    try:
+        yield
+    finally:
+        registry._MODELS.pop("tiny_snn_test", None)
 
 
 def make_blobs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,10 +112,12 @@ def train_tiny(seed: int, steps: int = 40) -> nn.Module:
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    """Two threads on a shared two-core machine thrash; one is several times faster."""
+    """Two threads on a shared two-core machine thrash; one is several times faster. The
+    tiny model is registered for the module's duration."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
+    with tiny_model_registered():
+        yield
     torch.set_num_threads(previous)
 
 

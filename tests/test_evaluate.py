@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_attacks import calibrate, make_blobs, train_tiny
+from test_attacks import calibrate, make_blobs, tiny_model_registered, train_tiny
 
 from training.__main__ import main
 from training.checkpoint import save_checkpoint
@@ -31,7 +31,8 @@ def write_idx(path: Path, array: np.ndarray) -> None:
 def one_thread():
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
+    with tiny_model_registered():
+        yield
     torch.set_num_threads(previous)
 
 
