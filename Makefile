@@ -16,10 +16,13 @@ DEBIAN_PACKAGES += nginx-light prometheus prometheus-nginx-exporter docker-compo
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 MODEL_DIR ?= models/fashion-mnist
+# make soak: the model to serve (default: the tests' tiny model, built and cached on first use)
+SOAK_MODEL_DIR ?=
+FUZZ_REPORT := test-artifacts/fuzz.json
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: help install system-packages test lint format serve bench-models deploy-check e2e
+.PHONY: help install system-packages test lint format serve bench-models deploy-check e2e soak fuzz
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' \
@@ -73,3 +76,13 @@ deploy-check: $(INSTALLED) system-packages ## compose, hadolint, promtool and th
 
 e2e: $(INSTALLED) system-packages ## the demo page in headless Chromium (tests/e2e; screenshots in test-artifacts/e2e)
 	$(BIN)/pytest tests/e2e
+
+soak: $(INSTALLED) system-packages ## 64 clients for 60 s through the nginx gateway on 127.0.0.1 (bench/soak.py -> docs/soak.md)
+	$(BIN)/python bench/soak.py $(if $(SOAK_MODEL_DIR),--model-dir $(SOAK_MODEL_DIR))
+
+fuzz: $(INSTALLED) system-packages ## schemathesis and Hypothesis with the `fuzz` profile's example counts (tests/reliability)
+	mkdir -p $(dir $(FUZZ_REPORT))
+	SPIKEGUARD_FUZZ_REPORT=$(FUZZ_REPORT) $(BIN)/pytest --hypothesis-profile=fuzz \
+		tests/reliability/test_fuzz.py tests/reliability/test_imaging_properties.py
+	@echo "requests the fuzzer sent, by status ($(FUZZ_REPORT)):"
+	@cat $(FUZZ_REPORT)

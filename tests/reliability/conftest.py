@@ -31,11 +31,12 @@ settings.register_profile(
 )
 settings.register_profile(
     "fuzz",
-    max_examples=400,
+    max_examples=200,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
-settings.load_profile("ci")
+if settings.get_current_profile_name() == "default":  # no --hypothesis-profile given
+    settings.load_profile("ci")
 
 
 @pytest.fixture
