@@ -230,13 +230,17 @@ function attackName(sample) {
   return settings.attack || sample.variant;
 }
 
-async function analyse(image, caption, alt, trueLabel) {
+// `getImage` resolves to the image to send; the latest choice wins even when an earlier
+// one answers later.
+async function analyse(getImage, caption, alt, trueLabel) {
   const run = ++state.run;
   clearError();
   const results = $("#results");
   results.dataset.state = "loading";
   $("#status").textContent = "Purifying and classifying…";
   try {
+    const image = await getImage();
+    if (run !== state.run) return;
     const [purified, noise, withPurifier, withoutPurifier] = await Promise.all([
       purify(image, "purified"),
       purify(image, "noise"),
@@ -277,23 +281,24 @@ function onUpload(event) {
   const file = event.target.files[0];
   if (!file) return;
   selectSource(null);
-  analyse(file, `Uploaded file: ${file.name}`, `Uploaded image ${file.name}`, null);
+  analyse(async () => file, `Uploaded file: ${file.name}`, `Uploaded image ${file.name}`, null);
 }
 
-async function analyseSample(sample) {
-  let blob;
+async function fetchSample(sample) {
+  let response;
   try {
-    const response = await fetch(sample.url);
-    if (!response.ok) throw new APIError(`The sample cannot be loaded: ${await describeFailure(response)}.`);
-    blob = await response.blob();
-  } catch (error) {
-    showError(error instanceof APIError ? error.message : "The service cannot be reached.");
-    return;
+    response = await fetch(sample.url);
+  } catch (_) {
+    throw new APIError("The service cannot be reached. Is it still running?");
   }
-  const image = new File([blob], `${sample.id}.png`, { type: "image/png" });
+  if (!response.ok) throw new APIError(`The sample cannot be loaded: ${await describeFailure(response)}.`);
+  return new File([await response.blob()], `${sample.id}.png`, { type: "image/png" });
+}
+
+function analyseSample(sample) {
   const what = describeSample(sample);
   analyse(
-    image,
+    () => fetchSample(sample),
     `Test image ${sample.source} (true label ${sample.label}): ${what}.`,
     `Test image ${sample.source}, a ${sample.label}: ${what}`,
     sample.label,
