@@ -295,6 +295,12 @@ def commit() -> str:
         return "unknown"
 
 
+def shown_path(path: Path) -> str:
+    """``path`` relative to the repository when it lies inside it."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(REPO) if resolved.is_relative_to(REPO) else resolved)
+
+
 def markdown(summary: dict, args: argparse.Namespace, model_dir: Path, machine_text: str) -> str:
     lines = [
         "# Soak test through the gateway",
@@ -305,7 +311,7 @@ def markdown(summary: dict, args: argparse.Namespace, model_dir: Path, machine_t
         f"commit {commit()}",
         f"- command: `{shlex.join([Path(sys.executable).name, *sys.argv])}`",
         f"- machine: {machine_text}",
-        f"- model: `{model_dir}`",
+        f"- model: `{shown_path(model_dir)}`",
         f"- load: {args.concurrency} closed-loop clients for {args.warm_up:.0f} s of warm-up "
         f"then {args.duration:.0f} s measured (at most {args.max_requests} requests), "
         + ("all from 127.0.0.1" if args.one_source else "each from its own loopback source address")
