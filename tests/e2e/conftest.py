@@ -26,8 +26,6 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 @pytest.fixture(scope="session")
 def demo_model_dir(tiny_build: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the tiny model directory with ``samples/`` written by ``write_samples``."""
-    import torch
-
     from training.checkpoint import load_model
     from training.samples import write_samples
 
@@ -35,13 +33,7 @@ def demo_model_dir(tiny_build: Path, tmp_path_factory: pytest.TempPathFactory) -
     shutil.copytree(tiny_build / "model", model_dir)
     classifier, _ = load_model(tiny_build / "classifier.safetensors")
     purifier, _ = load_model(tiny_build / "purifier.safetensors")
-    # one thread: the tiny model gains nothing from two, and a busy machine loses a lot
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        write_samples(model_dir, classifier, purifier, "fashion-mnist", **DEMO_SAMPLES)
-    finally:
-        torch.set_num_threads(threads)
+    write_samples(model_dir, classifier, purifier, "fashion-mnist", **DEMO_SAMPLES)
     return model_dir
 
 
