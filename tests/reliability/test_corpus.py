@@ -201,3 +201,15 @@ def test_corpus_writes_its_files_and_expectations(tmp_path: Path) -> None:
     bomb = (tmp_path / "bomb.png").read_bytes()
     width, height = struct.unpack(">II", bomb[16:24])
     assert width * height == BOMB_SIDE**2 >= 400_000_000 and len(bomb) < 100_000
+
+
+def test_security_doc_lists_every_case_with_its_status() -> None:
+    """docs/security.md's corpus table says what the tests check, case by case."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
+    rows = {}
+    for line in doc.splitlines():
+        cells = [cell.strip().strip("`") for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[1].isdigit():
+            rows[cells[0]] = (int(cells[1]), cells[2].strip("`") or None)
+    for case in (*FILE_CASES, *REQUEST_CASES):
+        assert rows.get(case.name) == (case.status, case.code), case.name
