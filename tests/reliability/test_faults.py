@@ -99,7 +99,8 @@ def test_sigterm_finishes_in_flight_requests_and_refuses_new_ones(start_service)
         refused_at = time.monotonic()
         responses = [future.result(timeout=60) for future in futures]
 
-    assert not finished or min(finished) > refused_at, "a request finished before the refusal"
+    assert len(finished) == IN_FLIGHT
+    assert min(finished) > refused_at, "a request finished before new ones were refused"
     for response in responses:
         assert response.status_code == 200, response.text
         assert response.json()["timings_ms"]["batch_size"] >= 1
@@ -307,5 +308,6 @@ def test_a_killed_service_restarts_and_is_ready_only_after_warm_up(start_service
             time.sleep(0.02)
         else:
             raise AssertionError(f"not ready again after 90 s: {seen[-5:]}")
-        assert seen, "ready at the first probe: the restart did not go through loading"
+        # loading and warm-up take a good part of a second: the probes every 20 ms see it
+        assert "not_ready" in seen, seen
         assert_same_answer(classify(client, valid_png()), baseline)

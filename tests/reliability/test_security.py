@@ -9,6 +9,7 @@ tests/deploy/test_deploy_stack.py.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import sys
 import threading
@@ -42,16 +43,12 @@ SCANNED_SUFFIXES = {".py", ".sh", ".toml", ".cfg", ".ini", ".yml", ".yaml", ".ip
 
 
 def source_files() -> Iterator[Path]:
-    for path in REPO.rglob("*"):
-        relative = path.relative_to(REPO)
-        if set(relative.parts) & SKIPPED_DIRS or any(
-            p.endswith(".egg-info") for p in relative.parts
-        ):
-            continue
-        if path.is_file() and (
-            path.suffix in SCANNED_SUFFIXES or path.name in {"Makefile", "Dockerfile"}
-        ):
-            yield path
+    for root, dirs, files in os.walk(REPO):
+        dirs[:] = [d for d in dirs if d not in SKIPPED_DIRS and not d.endswith(".egg-info")]
+        for name in files:
+            path = Path(root) / name
+            if path.suffix in SCANNED_SUFFIXES or name in {"Makefile", "Dockerfile"}:
+                yield path
 
 
 def unsafe_loading(text: str) -> list[str]:
