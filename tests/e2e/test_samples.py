@@ -93,3 +93,17 @@ def test_default_eps_comes_from_the_checkpoints():
     assert default_eps({"config": {"eval_eps": 0.1}}, {}) == 0.1
     assert default_eps({"config": None}, {"config": {"eval_eps": 0.05}}) == 0.05
     assert default_eps({}, {}) == pytest.approx(8 / 255)
+
+
+@pytest.mark.parametrize("flags", [["--samples", "-1"], ["--samples-eps", "2"]])
+def test_export_refuses_bad_sample_flags_before_any_work(
+    tiny_build: Path, tmp_path: Path, capsys, flags: list[str]
+):
+    from training.__main__ import main
+
+    out = tmp_path / "model"
+    argv = ["export", "--classifier", str(tiny_build / "classifier.safetensors")]
+    argv += ["--purifier", str(tiny_build / "purifier.safetensors"), "--out", str(out), *flags]
+    assert main(argv) == 2
+    assert "--samples" in capsys.readouterr().err
+    assert not out.exists()
