@@ -60,11 +60,11 @@ IN_FLIGHT = 12
 
 
 def test_sigterm_finishes_in_flight_requests_and_refuses_new_ones(start_service) -> None:
-    """12 requests wait in a batch that gathers for 3 s; SIGTERM arrives meanwhile. The
+    """12 requests wait in a batch that gathers for 6 s; SIGTERM arrives meanwhile. The
     listening socket closes at once (new connections refused), every in-flight request is
     answered 200, and the process exits cleanly."""
     service: ServiceProcess = start_service(
-        batch_wait_ms=3000, max_batch_size=64, shutdown_timeout_s=20
+        batch_wait_ms=6000, max_batch_size=64, shutdown_timeout_s=20
     )
     image = valid_png()
     finished: list[float] = []
@@ -249,7 +249,7 @@ def test_reload_after_a_failed_first_load_serves_the_repaired_model(
 def test_a_slow_inference_fails_its_request_with_503_and_the_worker_goes_on(
     make_client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    client = make_client(inference_timeout_s=0.5)
+    client = make_client(inference_timeout_s=1.0)
     baseline = classify(client, valid_png()).json()
     runtime = client.app.state.service.runtime
     run = runtime.run
@@ -263,7 +263,7 @@ def test_a_slow_inference_fails_its_request_with_503_and_the_worker_goes_on(
     monkeypatch.setattr(runtime, "run", stuck_once)
     response = classify(client, valid_png())
     body = assert_json_error(response, 503, "inference_timeout")
-    assert "0.5" in body["error"]["message"] and response.headers["retry-after"]
+    assert "1.0" in body["error"]["message"] and response.headers["retry-after"]
     released.set()
     assert_same_answer(classify(client, valid_png()), baseline)
     assert metric(client, "spikeguard_rejected_requests_total", reason="inference_timeout") == 1
