@@ -88,6 +88,19 @@ def test_gateway_proxies_classification(gateway: Gateway, client: httpx.Client) 
     assert len(response.headers["x-request-id"]) == 32
 
 
+def test_gateway_keeps_the_demo_pages_own_policy(
+    gateway: Gateway, service: str, client: httpx.Client
+) -> None:
+    """The page's scripts come from the service itself; the gateway's strict default policy
+    must not replace (or be added next to) the one the service sends for the page."""
+    direct = client.get(f"{service}/")
+    through = client.get(f"{gateway.url}/")
+    assert through.status_code == 200
+    policies = through.headers.get_list("content-security-policy")
+    assert policies == [direct.headers["content-security-policy"]]
+    assert "script-src 'self'" in policies[0]
+
+
 def test_gateway_passes_service_errors_through(gateway: Gateway, client: httpx.Client) -> None:
     """A 4xx from the service keeps the service's body; nginx adds only its headers."""
     files = {"file": ("x.png", b"not an image", "image/png")}
