@@ -53,6 +53,9 @@ def test_every_spiking_layer_fires(reference):
 
 
 def test_onnx_matches_pytorch(reference, tiny_model_dir: Path, test_images):
+    """Equal to rounding on every image whose spike counts agree; an image where a
+    membrane potential sits within rounding of a threshold may fire differently (see
+    ``training.export.Parity``), but such flips are rare."""
     sessions = {
         name: ort.InferenceSession(str(tiny_model_dir / f"{name}.onnx"))
         for name in ("purifier", "classifier")
@@ -60,17 +63,45 @@ def test_onnx_matches_pytorch(reference, tiny_model_dir: Path, test_images):
     x = test_images.numpy()
     purified, noise_level, purifier_spikes = sessions["purifier"].run(None, {"image": x})
     logits, classifier_spikes = sessions["classifier"].run(None, {"image": x})
-    np.testing.assert_allclose(logits, reference["logits"], rtol=0, atol=PARITY_ATOL)
-    np.testing.assert_allclose(purified, reference["purified"], rtol=0, atol=PARITY_ATOL)
-    np.testing.assert_allclose(noise_level, reference["noise_level"], rtol=0, atol=PARITY_ATOL)
-    assert (logits.argmax(1) == reference["logits"].argmax(1)).all()
-    np.testing.assert_array_equal(classifier_spikes, reference["classifier_spikes"])
-    np.testing.assert_array_equal(purifier_spikes, reference["purifier_spikes"])
+    same_purifier = purifier_spikes == reference["purifier_spikes"]
+    same_classifier = classifier_spikes == reference["classifier_spikes"]
+    assert same_purifier.sum() >= len(x) - 1 and same_classifier.sum() >= len(x) - 1
+    np.testing.assert_allclose(
+        logits[same_classifier], reference["logits"][same_classifier], rtol=0, atol=PARITY_ATOL
+    )
+    for ours, theirs in ((purified, "purified"), (noise_level, "noise_level")):
+        np.testing.assert_allclose(
+            ours[same_purifier], reference[theirs][same_purifier], rtol=0, atol=PARITY_ATOL
+        )
+    assert (logits.argmax(1) == reference["logits"].argmax(1))[same_classifier].all()
     # outputs depend on the input: a silent network would give one row for all images
     assert classifier_spikes.min() > 0 and purifier_spikes.min() > 0
     assert len(np.unique(classifier_spikes)) > 1
     assert np.ptp(logits, axis=0).max() > 1e-3
     assert np.abs(purified - x).max() > 1e-3
+
+
+def test_parity_check_catches_a_wrong_graph(tiny_build: Path, tiny_model_dir: Path, test_images):
+    """``check_parity`` against graphs of *another* model (same shapes, other weights):
+    the divergence is on most images, so it is reported, not excused as threshold flips."""
+    from training.export import ClassifierGraph, PurifierGraph, check_parity, ort_session
+
+    classifier, _ = load_model(tiny_build / "classifier.safetensors")
+    purifier, _ = load_model(tiny_build / "purifier.safetensors")
+    with torch.no_grad():
+        for p in classifier.fc.parameters():
+            p.mul_(1.5)
+        for p in purifier.denoiser.head.parameters():
+            p.add_(0.05)
+    parity = check_parity(
+        ClassifierGraph(classifier).eval(),
+        PurifierGraph(purifier).eval(),
+        ort_session(tiny_model_dir / "classifier.onnx"),
+        ort_session(tiny_model_dir / "purifier.onnx"),
+        test_images,
+    )
+    problems = " ".join(parity.problems())
+    assert "logits differ" in problems and "purified pixels differ" in problems
 
 
 def test_batch_axis_is_dynamic(tiny_model_dir: Path, test_images):
@@ -121,7 +152,9 @@ def test_manifest(tiny_model_dir: Path):
     assert metrics["eval_images"] == 200
     assert 0 <= metrics["clean_accuracy"] <= 1 and 0 <= metrics["purified_clean_accuracy"] <= 1
     parity = manifest["export"]["parity"]
-    assert parity["logits_max_abs"] < PARITY_ATOL and parity["top1_agreement"] == 1.0
+    assert parity["logits_max_abs"] < PARITY_ATOL and parity["purified_max_abs"] < PARITY_ATOL
+    assert parity["top1_disagreements_without_flip"] == 0
+    assert parity["flipped"] <= 0.05 * parity["images"]
     assert parity["classifier_mean_spikes"] > 0 and parity["purifier_mean_spikes"] > 0
 
 
@@ -168,11 +201,29 @@ def test_bad_arguments_exit_2(tiny_build: Path, tmp_path: Path, capsys, args, me
     assert not (tmp_path / "model").exists()
 
 
+def parity(**changes) -> Parity:
+    good = {
+        "images": 256,
+        "flipped": 1,
+        "logits_max_abs": 1e-6,
+        "purified_max_abs": 1e-7,
+        "noise_level_max_abs": 1e-7,
+        "logits_max_abs_all": 0.1,
+        "purified_max_abs_all": 0.02,
+        "top1_agreement": 1.0,
+        "purified_top1_agreement": 1.0,
+        "top1_disagreements_without_flip": 0,
+        "classifier_mean_spikes": 1000.0,
+        "purifier_mean_spikes": 2000.0,
+    }
+    return Parity(**(good | changes))
+
+
 def test_parity_problems_are_reported():
-    good = Parity(64, 1e-6, 1e-7, 1e-7, 1.0, 1.0, 0.0, 0.0, 1000.0, 2000.0)
-    assert good.problems() == []
-    drifted = Parity(64, 3e-3, 1e-7, 1e-7, 0.98, 1.0, 2.0, 0.0, 1000.0, 2000.0)
-    assert any("logits differ by 0.003" in p for p in drifted.problems())
-    assert any("top-1 agreement 0.98" in p for p in drifted.problems())
-    silent = Parity(64, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 2000.0)
-    assert any("silent" in p for p in silent.problems())
+    assert parity().problems() == []
+    assert "logits differ by 0.003" in " ".join(parity(logits_max_abs=3e-3).problems())
+    many_flips = " ".join(parity(flipped=40).problems())
+    assert "40 of 256" in many_flips
+    top1 = parity(top1_disagreements_without_flip=2, top1_agreement=0.99).problems()
+    assert any("top-1 differs on 2 images" in p for p in top1)
+    assert any("silent" in p for p in parity(classifier_mean_spikes=0.0).problems())

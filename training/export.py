@@ -14,8 +14,10 @@ Graphs come from the ``torch.export``-based exporter (``dynamo=True``); the Torc
 exporter bakes the example's batch size into the neurons' zero-initialised membranes and
 cannot give a dynamic batch axis. An export checks itself before anything is written:
 ONNX Runtime must reproduce PyTorch on real test images (max abs difference below
-``PARITY_ATOL`` for logits and purified pixels, identical top-1, every network firing),
-and the accuracies in the manifest are measured through ONNX Runtime.
+``PARITY_ATOL`` for logits and purified pixels, and identical top-1, on every image whose
+spike counts agree; threshold flips on at most a few percent of images; every network
+firing; see ``Parity``), and the accuracies in the manifest are measured through ONNX
+Runtime.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import load_model
+from .checkpoint import load_model, resolve_checkpoint
 from .data import dataset_info, load_split
 from .errors import UsageError
 from .models import is_classifier
@@ -47,7 +49,8 @@ from .snn import SpikeRecorder
 
 FORMAT_VERSION = 1
 PARITY_ATOL = 1e-4
-PARITY_IMAGES = 64
+PARITY_IMAGES = 256
+MAX_FLIP_FRACTION = 0.05
 OPSET = 18
 
 PURIFIER_OUTPUTS = ("purified", "noise_level", "spikes")
@@ -134,27 +137,51 @@ def ort_session(path: Path):
 
 @dataclass
 class Parity:
+    """ONNX Runtime against PyTorch on the same images.
+
+    A spiking network is discontinuous: ORT's kernels sum in another order than PyTorch's,
+    and a membrane potential within rounding error of a threshold fires in one and not in
+    the other. Such an image then differs by far more than rounding (a whole spike's worth)
+    and its spike count differs too. So the tolerance applies to every image whose spike
+    counts agree, while images with a threshold flip are counted and capped: an export bug
+    (a wrong constant, a baked-in shape, a missing op) shows on most images, a flip on a
+    fraction of a percent."""
+
     images: int
-    logits_max_abs: float
-    purified_max_abs: float
-    noise_level_max_abs: float
-    top1_agreement: float
-    purified_top1_agreement: float
-    classifier_spikes_max_abs: float
-    purifier_spikes_max_abs: float
+    flipped: int  # images whose spike count differs in some network
+    logits_max_abs: float  # over images without a flip in the classifier
+    purified_max_abs: float  # over images without a flip in the purifier
+    noise_level_max_abs: float  # likewise
+    logits_max_abs_all: float  # over all images, flips included
+    purified_max_abs_all: float
+    top1_agreement: float  # all images
+    purified_top1_agreement: float  # purifier -> classifier, all images
+    top1_disagreements_without_flip: int
     classifier_mean_spikes: float
     purifier_mean_spikes: float
 
     def problems(self) -> list[str]:
         out = []
         if not self.logits_max_abs < PARITY_ATOL:
-            out.append(f"logits differ by {self.logits_max_abs:.3g} (limit {PARITY_ATOL:g})")
-        if not self.purified_max_abs < PARITY_ATOL:
-            out.append(f"purified pixels differ by {self.purified_max_abs:.3g}")
-        if self.top1_agreement < 1.0 or self.purified_top1_agreement < 1.0:
             out.append(
-                f"top-1 agreement {self.top1_agreement:.4f} (classifier), "
-                f"{self.purified_top1_agreement:.4f} (purifier->classifier)"
+                f"logits differ by {self.logits_max_abs:.3g} (limit {PARITY_ATOL:g}) on an "
+                "image with identical spike counts"
+            )
+        if not self.purified_max_abs < PARITY_ATOL:
+            out.append(
+                f"purified pixels differ by {self.purified_max_abs:.3g} (limit {PARITY_ATOL:g})"
+                " on an image with identical spike counts"
+            )
+        if self.flipped > MAX_FLIP_FRACTION * self.images:
+            out.append(
+                f"spike counts differ on {self.flipped} of {self.images} images (more than "
+                f"{MAX_FLIP_FRACTION:.0%}: not threshold rounding)"
+            )
+        if self.top1_disagreements_without_flip:
+            out.append(
+                f"top-1 differs on {self.top1_disagreements_without_flip} images with "
+                f"identical spike counts (agreement {self.top1_agreement:.4f} classifier, "
+                f"{self.purified_top1_agreement:.4f} purifier->classifier)"
             )
         if self.classifier_mean_spikes == 0 or self.purifier_mean_spikes == 0:
             out.append(
@@ -165,40 +192,95 @@ class Parity:
         return out
 
 
+def _torch_outputs(
+    classifier: ClassifierGraph, purifier: PurifierGraph, images: torch.Tensor, batch: int
+) -> list[np.ndarray]:
+    """purified, noise_level, purifier spikes, logits, classifier spikes, and the logits
+    and classifier spikes on the purified images, batch by batch."""
+    parts = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch):
+            x = images[start : start + batch]
+            purified, noise_level, purifier_spikes = purifier(x)
+            logits, classifier_spikes = classifier(x)
+            purified_logits, purified_spikes = classifier(purified)
+            parts.append(
+                [purified, noise_level, purifier_spikes, logits, classifier_spikes]
+                + [purified_logits, purified_spikes]
+            )
+    return [torch.cat(column).numpy() for column in zip(*parts, strict=True)]
+
+
+def _ort_outputs(
+    classifier_session, purifier_session, images: torch.Tensor, batch: int
+) -> list[np.ndarray]:
+    """The same through ORT; the second stage runs on ORT's own purified output, as the
+    service does."""
+    parts = []
+    for start in range(0, len(images), batch):
+        x = images[start : start + batch].numpy()
+        purified, noise_level, purifier_spikes = purifier_session.run(None, {"image": x})
+        logits, classifier_spikes = classifier_session.run(None, {"image": x})
+        purified_logits, purified_spikes = classifier_session.run(None, {"image": purified})
+        parts.append(
+            [purified, noise_level, purifier_spikes, logits, classifier_spikes]
+            + [purified_logits, purified_spikes]
+        )
+    return [np.concatenate(column) for column in zip(*parts, strict=True)]
+
+
 def check_parity(
     classifier: ClassifierGraph,
     purifier: PurifierGraph,
     classifier_session,
     purifier_session,
     images: torch.Tensor,
+    batch: int = 64,
 ) -> Parity:
     """Runs both graphs in PyTorch and ONNX Runtime on ``images`` and compares."""
-    with torch.no_grad():
-        purified, noise_level, purifier_spikes = purifier(images)
-        logits, classifier_spikes = classifier(images)
-        purified_logits, _ = classifier(purified)
-    ort_purified, ort_noise, ort_purifier_spikes = purifier_session.run(
-        None, {"image": images.numpy()}
+    reference = _torch_outputs(classifier, purifier, images, batch)
+    exported = _ort_outputs(classifier_session, purifier_session, images, batch)
+    purified, noise, purifier_spikes, logits, classifier_spikes, chain_logits, chain_spikes = (
+        reference
     )
-    ort_logits, ort_classifier_spikes = classifier_session.run(None, {"image": images.numpy()})
-    # the second stage runs on ORT's own purified output, as the service does
-    ort_purified_logits, _ = classifier_session.run(None, {"image": ort_purified})
+    (
+        ort_purified,
+        ort_noise,
+        ort_purifier_spikes,
+        ort_logits,
+        ort_classifier_spikes,
+        ort_chain_logits,
+        ort_chain_spikes,
+    ) = exported
+    n = len(images)
 
-    def max_abs(a: torch.Tensor, b: np.ndarray) -> float:
-        return float(np.max(np.abs(a.numpy() - b)))
+    def per_image(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.abs(a - b).reshape(n, -1).max(axis=1)
 
-    def agreement(a: torch.Tensor, b: np.ndarray) -> float:
-        return float(np.mean(a.argmax(1).numpy() == b.argmax(1)))
+    purifier_flip = purifier_spikes != ort_purifier_spikes
+    classifier_flip = classifier_spikes != ort_classifier_spikes
+    chain_flip = purifier_flip | (chain_spikes != ort_chain_spikes)
+    top1 = logits.argmax(1) == ort_logits.argmax(1)
+    chain_top1 = chain_logits.argmax(1) == ort_chain_logits.argmax(1)
 
+    def worst(diff: np.ndarray, flip: np.ndarray) -> float:
+        return float(diff[~flip].max(initial=0.0))
+
+    logits_diff = per_image(logits, ort_logits)
+    purified_diff = per_image(purified, ort_purified)
     return Parity(
-        images=len(images),
-        logits_max_abs=max_abs(logits, ort_logits),
-        purified_max_abs=max_abs(purified, ort_purified),
-        noise_level_max_abs=max_abs(noise_level, ort_noise),
-        top1_agreement=agreement(logits, ort_logits),
-        purified_top1_agreement=agreement(purified_logits, ort_purified_logits),
-        classifier_spikes_max_abs=max_abs(classifier_spikes, ort_classifier_spikes),
-        purifier_spikes_max_abs=max_abs(purifier_spikes, ort_purifier_spikes),
+        images=n,
+        flipped=int((purifier_flip | classifier_flip | chain_flip).sum()),
+        logits_max_abs=worst(logits_diff, classifier_flip),
+        purified_max_abs=worst(purified_diff, purifier_flip),
+        noise_level_max_abs=worst(per_image(noise, ort_noise), purifier_flip),
+        logits_max_abs_all=float(logits_diff.max()),
+        purified_max_abs_all=float(purified_diff.max()),
+        top1_agreement=float(top1.mean()),
+        purified_top1_agreement=float(chain_top1.mean()),
+        top1_disagreements_without_flip=int(
+            (~top1 & ~classifier_flip).sum() + (~chain_top1 & ~chain_flip).sum()
+        ),
         classifier_mean_spikes=float(classifier_spikes.mean()),
         purifier_mean_spikes=float(purifier_spikes.mean()),
     )
@@ -246,10 +328,12 @@ def _neuron_settings(model: nn.Module) -> dict[str, Any]:
 
 
 def _model_record(meta: dict[str, Any], checkpoint: Path) -> dict[str, Any]:
+    path = resolve_checkpoint(checkpoint)
     record = {
         "architecture": meta["model"],
         "model_kwargs": meta["model_kwargs"],
-        "checkpoint": str(checkpoint),
+        "checkpoint": str(path),
+        "checkpoint_sha256": sha256_file(path),
     }
     record.update({k: v for k, v in meta.items() if k not in ("model", "model_kwargs", "config")})
     return record
@@ -523,6 +607,7 @@ def run(args: argparse.Namespace) -> int:
         f"clean accuracy {metrics['clean_accuracy']:.4f}, purified "
         f"{metrics['purified_clean_accuracy']:.4f} on {metrics['eval_images']} test images; "
         f"ORT vs PyTorch max |diff| logits {parity['logits_max_abs']:.2g}, "
-        f"purified {parity['purified_max_abs']:.2g}"
+        f"purified {parity['purified_max_abs']:.2g}; threshold flips on {parity['flipped']} "
+        f"of {parity['images']} images"
     )
     return 0

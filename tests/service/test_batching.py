@@ -184,3 +184,25 @@ def test_full_queue_answers_503_with_retry_after(make_client, fashion_png):
     assert (
         'spikeguard_rejected_requests_total{reason="queue_full"} 1.0' in client.get("/metrics").text
     )
+
+
+def test_inference_timeout_answers_503(make_client, fashion_png):
+    client = make_client(inference_timeout_s=0.2)
+    batcher = client.app.state.service.batcher
+    real_run = batcher._run_batch
+    gate = threading.Event()
+
+    def stuck_run(*args):
+        gate.wait(10)
+        return real_run(*args)
+
+    batcher._run_batch = stuck_run
+    try:
+        response = client.post("/classify", files={"file": ("x.png", fashion_png)})
+    finally:
+        gate.set()
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "inference_timeout"
+    assert response.headers["Retry-After"]
+    batcher._run_batch = real_run
+    assert client.post("/classify", files={"file": ("x.png", fashion_png)}).status_code == 200
