@@ -138,6 +138,8 @@ def test_result_files_have_the_documented_fields(suite):
         if r["attack"] == "pgd" and r["purpose"] == "table":
             assert r["settings"]["attack"]["steps"] == r["steps"] in (1, 3)
             assert r["settings"]["attack"]["eps"] == r["eps"] in (0.1, 0.2)
+            early = r["threat_model"] in ("white-box", "end-to-end", "bpda")
+            assert r["settings"]["attack"]["stop_when_fooled"] == early
         if r["threat_model"] == "transfer":
             assert set(r["per_source"]) == {"source"}
     clean: dict[str, set] = {}

@@ -528,6 +528,7 @@ def run_suite(config: SuiteConfig, log=print) -> SuiteReport:
             steps=item["steps"],
             alpha=config.alpha if item["purpose"] == "table" else None,
             sigma=config.sigma,
+            stop_when_fooled=d.matches_attacked(item["threat"]),
             seed=config.seed,
         )
         settings = {
@@ -615,6 +616,10 @@ def run_suite(config: SuiteConfig, log=print) -> SuiteReport:
         "surrogate gradients (per-sample worst case)": ", ".join(config.surrogates),
         "step size": "2.5*eps/steps" if config.alpha is None else f"{config.alpha:.5g}",
         "attack budgets": _budgets(config),
+        "early stop": "iterative attacks stop on a sample once it is misclassified only where "
+        "the attacked model is the defended pipeline (white-box, end-to-end, bpda)",
+        "EOT": f"{config.eot_samples} samples per gradient for random pipelines, 1 for "
+        "deterministic ones (each result records what was used)",
         "device": str(device),
         "wall time of this invocation": f"{time.perf_counter() - wall_start:.1f} s",
         "compute time of all results": f"{sum(r['seconds'] for r in results):.1f} s",
@@ -649,7 +654,8 @@ def _budgets(config: SuiteConfig) -> str:
         settings = build_attack(
             attack, None, config.eps[0], alpha=config.alpha, sigma=config.sigma
         ).settings()
-        shown = {k: v for k, v in settings.items() if k not in ("attack", "eps", "seed", "norm")}
+        hidden = ("attack", "eps", "seed", "norm", "eot_samples", "stop_when_fooled")
+        shown = {k: v for k, v in settings.items() if k not in hidden}
         if attack == "pgd":
             shown["steps"] = list(config.steps)
         parts.append(f"{attack} {shown}")
