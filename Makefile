@@ -22,7 +22,7 @@ FUZZ_REPORT := test-artifacts/fuzz.json
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: help install system-packages test lint format serve bench-models deploy-check e2e soak fuzz
+.PHONY: help install system-packages test lint format serve bench bench-models deploy-check e2e soak fuzz
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' \
@@ -67,6 +67,9 @@ format: $(INSTALLED) ## format the code and apply ruff's safe fixes
 
 serve: $(INSTALLED) ## serve MODEL_DIR (models/fashion-mnist) on http://127.0.0.1:8000
 	SPIKEGUARD_MODEL_DIR=$(MODEL_DIR) $(BIN)/python -m service --host $(HOST) --port $(PORT)
+
+bench: $(INSTALLED) system-packages ## ceiling, FLOPs, ORT vs torch, service load, training steps (bench/run.py -> docs/benchmarks.md)
+	$(BIN)/python bench/run.py --model-dir $(MODEL_DIR)
 
 bench-models: $(INSTALLED) ## CPU images/s of the classifier and purifier (bench/models.py)
 	$(BIN)/python bench/models.py

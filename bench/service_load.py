@@ -118,6 +118,7 @@ async def run_level(
         "seconds": elapsed,
         "requests_per_s": len(latencies) / elapsed,
         "p50_ms": statistics.median(ms),
+        "p95_ms": ms[min(len(ms) - 1, int(round(0.95 * (len(ms) - 1))))],
         "p99_ms": ms[min(len(ms) - 1, int(round(0.99 * (len(ms) - 1))))],
         "mean_ms": statistics.fmean(ms),
     }
