@@ -155,6 +155,31 @@ def graph_facts(path: Path) -> dict:
     }
 
 
+def op_time_shares(path: Path, threads: int, batch: int, runs: int) -> dict[str, float]:
+    """Share of ORT's kernel time by operator type (ORT's profiler, ORT_ENABLE_ALL)."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "profile")
+        options.log_severity_level = 3
+        session = ort.InferenceSession(str(path), options, ["CPUExecutionProvider"])
+        image = np.random.default_rng(0).random((batch, 1, 28, 28), np.float32)
+        for _ in range(runs):
+            session.run(None, {"image": image})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    totals: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            op = e.get("args", {}).get("op_name", "?")
+            totals[op] = totals.get(op, 0.0) + e["dur"]
+    whole = sum(totals.values()) or 1.0
+    return {op: t / whole for op, t in sorted(totals.items(), key=lambda kv: -kv[1])}
+
+
 # --------------------------------------------------------------------------- inference
 
 
@@ -471,6 +496,11 @@ def markdown(results: dict) -> str:
             f"{g['fused_conv_nodes_after_ort']} | {g['nodes']}/{g['nodes_after_ort']} | "
             f"{first} |"
         )
+    if results.get("op_time_shares"):
+        lines += ["", "ORT kernel time by operator (profiler, batch 8, 10 runs):", ""]
+        for name, shares in results["op_time_shares"].items():
+            top = ", ".join(f"{op} {share:.0%}" for op, share in list(shares.items())[:6])
+            lines.append(f"- {name}: {top}")
     lines += [
         "",
         "## Inference: purifier -> classifier, images/s",
@@ -553,6 +583,10 @@ def main(argv: list[str] | None = None) -> int:
     print("graphs...", file=sys.stderr)
     results["graphs"] = {
         role: graph_facts(model_dir / f"{role}.onnx") for role in ("purifier", "classifier")
+    }
+    results["op_time_shares"] = {
+        role: op_time_shares(model_dir / f"{role}.onnx", args.threads, 8, 10)
+        for role in ("purifier", "classifier")
     }
     print("inference...", file=sys.stderr)
     results["inference"], results["torch_sources"] = inference_throughput(
