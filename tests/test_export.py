@@ -177,6 +177,8 @@ def test_existing_directory_needs_force(tiny_build: Path, tmp_path: Path, capsys
     err = capsys.readouterr().err.strip()
     assert "--force" in err and len(err.splitlines()) == 1
     assert (out / "keep").read_text() == "mine"
+    # the command leaves autograd as it found it (tests and other commands run in-process)
+    assert torch.is_grad_enabled()
 
 
 @pytest.mark.parametrize(

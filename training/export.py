@@ -585,22 +585,22 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--metrics-json: {exc}") from None
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    torch.set_grad_enabled(False)
-    manifest = export_model(
-        args.classifier,
-        args.purifier,
-        args.out,
-        name=args.name,
-        version=args.version,
-        dataset=args.dataset,
-        data_dir=args.data_dir,
-        eval_images=args.eval_images,
-        batch_size=args.batch_size,
-        robust_metrics=robust,
-        force=args.force,
-        samples=args.samples,
-        samples_eps=args.samples_eps,
-    )
+    with torch.no_grad():  # scoped: export runs in-process from tests and other commands
+        manifest = export_model(
+            args.classifier,
+            args.purifier,
+            args.out,
+            name=args.name,
+            version=args.version,
+            dataset=args.dataset,
+            data_dir=args.data_dir,
+            eval_images=args.eval_images,
+            batch_size=args.batch_size,
+            robust_metrics=robust,
+            force=args.force,
+            samples=args.samples,
+            samples_eps=args.samples_eps,
+        )
     metrics, parity = manifest["metrics"], manifest["export"]["parity"]
     print(
         f"exported {manifest['name']} v{manifest['version']} to {args.out}: "
