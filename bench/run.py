@@ -442,6 +442,13 @@ def findings(results: dict) -> list[str]:
         "The unrolled graph's activations are [T*batch, C, 28, 28]; cache pressure past the "
         "peak is a plausible cause, not measured here."
     )
+    out.append(
+        f"- Batching choice for this machine: SPIKEGUARD_MAX_BATCH_SIZE={best} (ORT's best "
+        "batch above; a larger batch only adds queueing delay), SPIKEGUARD_BATCH_WAIT_MS "
+        f"left at 2 ms (one batch of {best} takes {1e3 * best / inf[('onnxruntime', best)]:.0f} "
+        "ms to infer). The service's default (32) is "
+        "left for machines where larger batches pay; rerun `make bench` there."
+    )
     service = results.get("service", [])
     by = {(r["mode"], r["purify"], r["concurrency"]): r for r in service}
     for c in CONCURRENCY:
