@@ -99,13 +99,12 @@ class SpikingResNet(nn.Module):
         return self.fc(features)  # fc(mean_T) == mean_T(fc): the paper's readout
 
 
-def _neurons(thresholds, timesteps, decay, bn_alpha) -> NeuronConfig:
-    return NeuronConfig.from_kwargs(thresholds, decay, timesteps, bn_alpha)
-
-
-@register_model
-def senet18_snn(
-    width: int = 64,
+def _spiking_resnet(
+    stage_channels: Sequence[int],
+    blocks_per_stage: Sequence[int],
+    stem_channels: int,
+    se: bool,
+    *,
     in_channels: int = 3,
     num_classes: int = 10,
     timesteps: int = 4,
@@ -115,70 +114,38 @@ def senet18_snn(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
 ) -> SpikingResNet:
-    """SENet18 (kuangliu/pytorch-cifar layout) with MLF neurons; ~11.3 M params at width 64."""
+    """The options every classifier shares: input, classes, neurons and normalisation."""
     return SpikingResNet(
-        [width, 2 * width, 4 * width, 8 * width],
-        [2, 2, 2, 2],
-        width,
+        stage_channels,
+        blocks_per_stage,
+        stem_channels,
         in_channels=in_channels,
         num_classes=num_classes,
-        neurons=_neurons(thresholds, timesteps, decay, bn_alpha),
-        se=True,
+        neurons=NeuronConfig.from_kwargs(thresholds, decay, timesteps, bn_alpha),
+        se=se,
         mean=mean,
         std=std,
     )
 
 
 @register_model
-def resnet20_snn(
-    width: int = 16,
-    in_channels: int = 3,
-    num_classes: int = 10,
-    timesteps: int = 4,
-    thresholds: Sequence[float] | None = None,
-    decay: float = 0.25,
-    bn_alpha: float = 1.0,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-) -> SpikingResNet:
+def senet18_snn(width: int = 64, **options) -> SpikingResNet:
+    """SENet18 (kuangliu/pytorch-cifar layout) with MLF neurons; ~11.3 M params at width 64.
+    ``options``: in_channels, num_classes, timesteps, thresholds, decay, bn_alpha, mean, std."""
+    return _spiking_resnet([width, 2 * width, 4 * width, 8 * width], [2, 2, 2, 2], width, True,
+                           **options)  # fmt: skip
+
+
+@register_model
+def resnet20_snn(width: int = 16, **options) -> SpikingResNet:
     """CIFAR ResNet20 (He et al. 2016): 3 stages x 3 blocks, 16/32/64 channels at width 16."""
-    return SpikingResNet(
-        [width, 2 * width, 4 * width],
-        [3, 3, 3],
-        width,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        neurons=_neurons(thresholds, timesteps, decay, bn_alpha),
-        se=False,
-        mean=mean,
-        std=std,
-    )
+    return _spiking_resnet([width, 2 * width, 4 * width], [3, 3, 3], width, False, **options)
 
 
 @register_model
-def wrn16_8_snn(
-    width: int = 16,
-    in_channels: int = 3,
-    num_classes: int = 10,
-    timesteps: int = 4,
-    thresholds: Sequence[float] | None = None,
-    decay: float = 0.25,
-    bn_alpha: float = 1.0,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    widen_factor: int = 8,
-) -> SpikingResNet:
+def wrn16_8_snn(width: int = 16, widen_factor: int = 8, **options) -> SpikingResNet:
     """Wide ResNet 16-8 (Zagoruyko & Komodakis 2016): 3 stages x 2 blocks, widened 8x
     (128/256/512 channels at width 16). Post-activation basic blocks, no dropout."""
     k = widen_factor
-    return SpikingResNet(
-        [width * k, 2 * width * k, 4 * width * k],
-        [2, 2, 2],
-        width,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        neurons=_neurons(thresholds, timesteps, decay, bn_alpha),
-        se=False,
-        mean=mean,
-        std=std,
-    )
+    return _spiking_resnet([width * k, 2 * width * k, 4 * width * k], [2, 2, 2], width, False,
+                           **options)  # fmt: skip
