@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -43,27 +42,11 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import service_load  # noqa: E402
 
+from models import cpu_model, usable_cores  # noqa: E402  (bench/models.py)
+
 BATCH_SIZES = (1, 8, 32, 64)
 CONCURRENCY = (1, 8, 32, 64)
 FLOP_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def median_seconds(step: Callable[[], object], repeats: int) -> float:
