@@ -101,12 +101,9 @@ class APGD(Attack):
         }
 
 
-class APGDT(Attack):
-    """Targeted APGD on the DLR loss (APGD-T of AutoAttack), L-inf: 100 iterations for
-    each of the ``n_target_classes`` (9) most likely wrong classes, 1 restart."""
-
-    name = "apgd-t"
-    paper = APGD.paper
+class _Targeted(Attack):
+    """The reference's targeted attacks: ``steps`` iterations against each of the
+    ``n_target_classes`` most likely wrong classes, 1 restart."""
 
     def __init__(
         self,
@@ -119,6 +116,21 @@ class APGDT(Attack):
     ):
         super().__init__(model, eps, seed=seed)
         self.steps, self.n_target_classes = int(steps), int(n_target_classes)
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            **super().settings(),
+            "steps": self.steps,
+            "n_target_classes": self.n_target_classes,
+        }
+
+
+class APGDT(_Targeted):
+    """Targeted APGD on the DLR loss (APGD-T of AutoAttack), L-inf: 100 iterations for
+    each of the ``n_target_classes`` (9) most likely wrong classes, 1 restart."""
+
+    name = "apgd-t"
+    paper = APGD.paper
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.eps == 0 or self.steps == 0:
@@ -136,33 +148,14 @@ class APGDT(Attack):
         )
         return _isolated_rng(x, lambda: attack.perturb(x, y))
 
-    def settings(self) -> dict[str, Any]:
-        return {
-            **super().settings(),
-            "steps": self.steps,
-            "n_target_classes": self.n_target_classes,
-        }
 
-
-class FABT(Attack):
+class FABT(_Targeted):
     """Targeted FAB (Croce & Hein 2020, "Minimally distorted adversarial examples with a
     fast adaptive boundary attack"), L-inf, as in AutoAttack: 100 iterations for each of
     the 9 most likely wrong classes, 1 restart; only examples within ``eps`` count."""
 
     name = "fab-t"
     paper = "Croce, Hein. Minimally distorted adversarial examples with a fast adaptive boundary attack. ICML 2020"  # noqa: E501
-
-    def __init__(
-        self,
-        model: Model,
-        eps: float,
-        steps: int = 100,
-        *,
-        n_target_classes: int = 9,
-        seed: int = 0,
-    ):
-        super().__init__(model, eps, seed=seed)
-        self.steps, self.n_target_classes = int(steps), int(n_target_classes)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.eps == 0 or self.steps == 0:
@@ -179,13 +172,6 @@ class FABT(Attack):
             n_target_classes=self.n_target_classes,
         )
         return _isolated_rng(x, lambda: attack.perturb(x, y))
-
-    def settings(self) -> dict[str, Any]:
-        return {
-            **super().settings(),
-            "steps": self.steps,
-            "n_target_classes": self.n_target_classes,
-        }
 
 
 class Square(Attack):
