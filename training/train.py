@@ -72,6 +72,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     milestones: tuple[int, ...] = (80, 120)
     lr_decay: float = 0.1
+    schedule: str = "step"  # "step" (x lr_decay at each milestone) or "cosine" (per epoch)
     ols: bool = False
     subset: int | None = None
     val_images: int = 2000
@@ -112,6 +113,8 @@ def configure(parser: argparse.ArgumentParser, command: str) -> None:
     add("--lr", type=float, help="learning rate")
     add("--weight-decay", type=float)
     add("--milestones", type=_int_tuple, help="epochs at which the lr decays, e.g. 80,120")
+    add("--schedule", choices=["step", "cosine"],
+        help="lr schedule: step decays at --milestones, cosine anneals to ~0 over --epochs")  # fmt: skip
     add("--subset", type=int, help="train on N random training images (quick runs)")
     add("--val-images", type=int, help="validation images held out of the training split")
     add("--no-augment", dest="augment", action="store_false", default=None)
@@ -194,6 +197,8 @@ def validate(config: TrainConfig) -> None:
             raise UsageError(f"--{name} must be >= 1, got {value}")
     if config.lr <= 0:
         raise UsageError(f"--lr must be > 0, got {config.lr}")
+    if config.schedule not in ("step", "cosine"):
+        raise UsageError(f"--schedule must be step or cosine, got {config.schedule!r}")
     for name in ("eval_eps", "adv_eps", "adv_alpha"):
         if getattr(config, name) < 0:
             raise UsageError(
@@ -542,7 +547,11 @@ class Trainer:
         )
 
     def set_lr(self, epoch: int) -> None:
-        factor = self.config.lr_decay ** sum(epoch > m for m in self.config.milestones)
+        cfg = self.config
+        if cfg.schedule == "cosine":  # epoch 1 at the full lr, the last close to zero
+            factor = 0.5 * (1 + math.cos(math.pi * (epoch - 1) / cfg.epochs))
+        else:
+            factor = cfg.lr_decay ** sum(epoch > m for m in cfg.milestones)
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.lr * factor
 
