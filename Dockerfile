@@ -22,8 +22,10 @@ RUN apt-get update \
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# Only what the `serve` extra needs: the service package and the project metadata.
+# Only what the `serve` extra needs: the service and contract packages and the project
+# metadata.
 COPY pyproject.toml README.md ./
+COPY contract/ contract/
 COPY service/ service/
 # Every dependency is pinned in pyproject.toml's `serve` extra.
 # hadolint ignore=DL3013

@@ -171,8 +171,8 @@ def torch_pipeline(model_dir: Path, threads: int):
     was exported from when they are still on disk (else the repository's default runs)."""
     import torch
 
+    from contract import sha256_file
     from training.checkpoint import load_model
-    from training.export import sha256_file
 
     torch.set_num_threads(threads)
     manifest = json.loads((model_dir / "manifest.json").read_text())

@@ -1,7 +1,7 @@
 """The model directory and its ONNX Runtime sessions.
 
-A model directory holds ``manifest.json`` and the two graphs it names (see
-``training/export.py`` for the contract). Loading checks everything before a request can
+A model directory holds ``manifest.json`` and the two graphs it names (the contract:
+``contract/``). Loading checks everything before a request can
 see it: the manifest's fields, every file's sha256, the graphs' input and output names,
 and one warm-up batch. Any failure is a ``ModelLoadError`` whose message becomes the
 service's not-ready reason.
@@ -9,107 +9,49 @@ service's not-ready reason.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+
+from contract import (
+    GRAPH_OUTPUTS,
+    IMAGE_INPUT,
+    ContractError,
+    Manifest,
+    check_graph_io,
+    load_manifest,
+    verify_graph_files,
+)
 
 from .config import Settings
 
 log = logging.getLogger("spikeguard.runtime")
 
-SUPPORTED_FORMAT_VERSIONS = (1,)
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-PURIFIER_OUTPUTS = ("purified", "noise_level", "spikes")
-CLASSIFIER_OUTPUTS = ("logits", "spikes")
 
 
 class ModelLoadError(Exception):
     """The model directory cannot be served; the message says why."""
 
 
-@dataclass(frozen=True)
-class Manifest:
-    name: str
-    version: str
-    dataset: str
-    class_names: tuple[str, ...]
-    channels: int
-    height: int
-    width: int
-    files: dict[str, dict[str, Any]]
-    raw: dict[str, Any] = field(repr=False, compare=False)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return (self.channels, self.height, self.width)
-
-
 def read_manifest(model_dir: Path) -> Manifest:
-    path = model_dir / "manifest.json"
+    """The directory's manifest, checked against the contract."""
     try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ModelLoadError(f"no manifest: {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"unreadable manifest {path}: {exc}") from None
-    try:
-        if raw["format_version"] not in SUPPORTED_FORMAT_VERSIONS:
-            raise ModelLoadError(
-                f"manifest format_version {raw['format_version']!r} is not supported "
-                f"(this service reads {list(SUPPORTED_FORMAT_VERSIONS)})"
-            )
-        shape = raw["input"]
-        if shape["value_range"] != [0.0, 1.0] and shape["value_range"] != [0, 1]:
-            raise ModelLoadError(f"input value_range {shape['value_range']} is not [0, 1]")
-        manifest = Manifest(
-            name=str(raw["name"]),
-            version=str(raw["version"]),
-            dataset=str(raw["dataset"]),
-            class_names=tuple(str(c) for c in raw["class_names"]),
-            channels=int(shape["channels"]),
-            height=int(shape["height"]),
-            width=int(shape["width"]),
-            files={role: dict(raw["files"][role]) for role in ("purifier", "classifier")},
-            raw=raw,
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelLoadError(f"invalid manifest {path}: missing or bad field {exc}") from None
-    if manifest.channels not in (1, 3):
-        raise ModelLoadError(f"manifest input channels {manifest.channels}: expected 1 or 3")
-    return manifest
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return load_manifest(model_dir)
+    except ContractError as exc:
+        raise ModelLoadError(str(exc)) from None
 
 
 def verify_files(model_dir: Path, manifest: Manifest) -> None:
-    for role, entry in manifest.files.items():
-        path = model_dir / entry["path"]
-        if not path.is_file():
-            raise ModelLoadError(f"{role} graph {path} is missing")
-        actual = sha256_file(path)
-        if actual != entry["sha256"]:
-            raise ModelLoadError(
-                f"{role} graph {path} is corrupt: sha256 {actual[:16]}... does not match "
-                f"the manifest's {str(entry['sha256'])[:16]}..."
-            )
+    try:
+        verify_graph_files(model_dir, manifest)
+    except ContractError as exc:
+        raise ModelLoadError(str(exc)) from None
 
 
 def requested_providers(setting: str) -> list[str]:
@@ -156,13 +98,13 @@ class Runtime:
         providers = requested_providers(settings.providers)
         options = session_options(settings)
         self.sessions: dict[str, ort.InferenceSession] = {}
-        for role, outputs in (("purifier", PURIFIER_OUTPUTS), ("classifier", CLASSIFIER_OUTPUTS)):
-            path = model_dir / self.manifest.files[role]["path"]
+        for role in GRAPH_OUTPUTS:
+            path = model_dir / self.manifest.graph(role).path
             try:
                 session = ort.InferenceSession(str(path), options, providers=providers)
             except Exception as exc:  # ORT raises its own exception types for bad graphs
                 raise ModelLoadError(f"onnxruntime cannot load {path}: {exc}") from None
-            _check_io(role, session, outputs)
+            _check_io(role, session)
             self.sessions[role] = session
         # ORT falls back to CPU silently when CUDA cannot start: report what each got
         self.providers = {role: s.get_providers()[0] for role, s in self.sessions.items()}
@@ -186,7 +128,7 @@ class Runtime:
         if purify.any():
             start = time.perf_counter()
             purified, noise, spikes = self.sessions["purifier"].run(
-                None, {"image": _select(images, purify)}
+                None, {IMAGE_INPUT: _select(images, purify)}
             )
             result.timings["purify"] = time.perf_counter() - start
             result.purified = _scatter(purified, purify, fill=0.0)
@@ -201,7 +143,7 @@ class Runtime:
         if classify.any():
             start = time.perf_counter()
             logits, spikes = self.sessions["classifier"].run(
-                None, {"image": _select(classifier_input, classify)}
+                None, {IMAGE_INPUT: _select(classifier_input, classify)}
             )
             result.timings["classify"] = time.perf_counter() - start
             result.logits = _scatter(logits, classify, fill=0.0)
@@ -239,14 +181,13 @@ def _scatter(rows: np.ndarray, mask: np.ndarray, fill: float = np.nan) -> np.nda
     return out
 
 
-def _check_io(role: str, session: ort.InferenceSession, outputs: tuple[str, ...]) -> None:
+def _check_io(role: str, session: ort.InferenceSession) -> None:
     inputs = [i.name for i in session.get_inputs()]
-    got = tuple(o.name for o in session.get_outputs())
-    if inputs != ["image"] or got != outputs:
-        raise ModelLoadError(
-            f"{role} graph has inputs {inputs} and outputs {list(got)}; "
-            f"expected ['image'] and {list(outputs)}"
-        )
+    outputs = [o.name for o in session.get_outputs()]
+    try:
+        check_graph_io(role, inputs, outputs)
+    except ContractError as exc:
+        raise ModelLoadError(str(exc)) from None
 
 
 def load_runtime(settings: Settings) -> Runtime:

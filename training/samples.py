@@ -2,7 +2,8 @@
 of each, every one labelled with the threat model it was made under.
 
 ``write_samples`` writes ``<model_dir>/samples/<id>.png`` and returns one record per image
-(also added to ``manifest.json`` as its ``samples`` list when the directory has one). The
+(``contract.SampleRecord``; export lists them in ``manifest.json``, ``add_samples`` adds
+them to an existing model directory). The
 service's demo page lists them through ``GET /samples`` and fetches them through
 ``GET /samples/{id}``. Per test image there are four variants:
 
@@ -25,8 +26,6 @@ prediction to overturn. Adversarial examples are rounded to 8 bits inside the ep
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -38,11 +37,19 @@ import torch
 from PIL import Image
 from torch import nn
 
+from contract import (
+    SAMPLES_DIR,
+    Manifest,
+    SampleRecord,
+    load_manifest,
+    sha256_file,
+    write_manifest,
+)
+
 from .attacks import APGD, APGDT, PGD
 from .data import dataset_info, load_split
 from .threat_models import PurifiedClassifier
 
-SAMPLES_DIR = "samples"
 DEFAULT_SAMPLES = 12
 DEFAULT_EPS = 8 / 255
 PGD_STEPS = 20
@@ -170,18 +177,7 @@ def _write_png(path: Path, pixels: np.ndarray) -> str:
         else Image.fromarray(pixels.transpose(1, 2, 0), "RGB")
     )
     image.save(path, format="PNG")
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _add_to_manifest(model_dir: Path, records: list[dict[str, Any]]) -> None:
-    path = model_dir / "manifest.json"
-    if not path.exists():
-        return
-    manifest = json.loads(path.read_text())
-    manifest["samples"] = records
-    staged = path.with_name(".manifest.json.tmp")
-    staged.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(staged, path)
+    return sha256_file(path)
 
 
 @_one_thread()
@@ -197,7 +193,7 @@ def write_samples(
     pgd_steps: int = PGD_STEPS,
     apgd_steps: int = APGD_STEPS,
     seed: int = 0,
-) -> list[dict[str, Any]]:
+) -> list[SampleRecord]:
     """Picks ``n`` test images of ``dataset``, attacks them, writes every variant to
     ``<model_dir>/samples/`` (replacing what was there) and returns the records.
 
@@ -248,21 +244,32 @@ def write_samples(
             threat_model, threat_note = THREAT_MODELS[variant]
             attack = adversarial.get(variant)
             records.append(
-                {
-                    "id": sample_id,
-                    "source": source,
-                    "file": filename,
-                    "sha256": _write_png(model_dir / filename, stored[variant][row]),
-                    "test_index": int(index),
-                    "label": info.class_names[class_index],
-                    "class_index": class_index,
-                    "variant": variant,
-                    "threat_model": threat_model,
-                    "threat_model_note": threat_note,
-                    "eps": eps if attack else 0.0,
-                    "steps": attack[2] if attack else 0,
-                    "attack": attack[1] if attack else None,
-                }
+                SampleRecord(
+                    id=sample_id,
+                    source=source,
+                    file=filename,
+                    sha256=_write_png(model_dir / filename, stored[variant][row]),
+                    test_index=int(index),
+                    label=info.class_names[class_index],
+                    class_index=class_index,
+                    variant=variant,
+                    threat_model=threat_model,
+                    threat_model_note=threat_note,
+                    eps=eps if attack else 0.0,
+                    steps=attack[2] if attack else 0,
+                    attack=attack[1] if attack else None,
+                )
             )
-    _add_to_manifest(model_dir, records)
     return records
+
+
+def add_samples(
+    model_dir: str | os.PathLike, classifier: nn.Module, purifier: nn.Module, **options: Any
+) -> Manifest:
+    """Writes samples into an existing model directory and lists them in its manifest;
+    ``options`` are ``write_samples``'s. Returns the new manifest."""
+    manifest = load_manifest(model_dir)
+    records = write_samples(model_dir, classifier, purifier, manifest.dataset, **options)
+    manifest = manifest.model_copy(update={"samples": records, "rejected_samples": []})
+    write_manifest(model_dir, manifest)
+    return manifest

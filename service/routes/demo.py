@@ -9,9 +9,7 @@ path ``samples/<id>.png`` is built from it; the file's sha256 must match the man
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 
@@ -19,6 +17,8 @@ from fastapi import APIRouter, Path
 from fastapi.responses import Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
+
+from contract import SAMPLE_ID, SAMPLES_DIR, SampleRecord, sha256_bytes
 
 from ..deps import RuntimeDep
 from ..errors import APIError
@@ -45,8 +45,6 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-cache",
 }
-SAMPLE_ID = r"^[a-z0-9][a-z0-9-]{0,63}$"
-SAMPLES_DIR = "samples"
 
 
 def _asset(request_path: str) -> Response:
@@ -90,39 +88,23 @@ class SampleList(BaseModel):
     samples: list[Sample]
 
 
-def sample_index(runtime: Runtime) -> dict[str, dict[str, Any]]:
-    """The manifest's well-formed sample records by id; a malformed record is left out
-    (and logged), so no request can reach its file."""
-    index: dict[str, dict[str, Any]] = {}
-    for record in runtime.manifest.raw.get("samples") or []:
-        sample_id = record.get("id") if isinstance(record, dict) else None
-        if (
-            isinstance(sample_id, str)
-            and re.fullmatch(SAMPLE_ID, sample_id)
-            and record.get("file") == f"{SAMPLES_DIR}/{sample_id}.png"
-            and isinstance(record.get("sha256"), str)
-        ):
-            index[sample_id] = record
-        else:
-            log.warning("manifest sample record ignored (bad id, file or sha256): %r", record)
-    return index
+def sample_index(runtime: Runtime) -> dict[str, SampleRecord]:
+    """The manifest's well-formed sample records by id. The contract sets malformed ones
+    aside (logged here), so no request can reach their files."""
+    for reason in runtime.manifest.rejected_samples:
+        log.warning("manifest sample record ignored: %s", reason)
+    return {sample.id: sample for sample in runtime.manifest.samples}
 
 
 @router.get("/samples", response_model=SampleList)
 async def list_samples(runtime: RuntimeDep) -> SampleList:
     """The bundled sample images: clean test images and adversarial versions of them,
     each labelled with the threat model it was crafted under."""
-    samples = []
-    for sample_id, record in sample_index(runtime).items():
-        try:
-            samples.append(
-                Sample(
-                    **{k: record.get(k) for k in Sample.model_fields if k != "url"},
-                    url=f"/samples/{sample_id}",
-                )
-            )
-        except ValueError as exc:
-            log.warning("manifest sample %s ignored: %s", sample_id, exc)
+    fields = set(Sample.model_fields) - {"url"}
+    samples = [
+        Sample(**record.model_dump(include=fields), url=f"/samples/{sample_id}")
+        for sample_id, record in sample_index(runtime).items()
+    ]
     manifest = runtime.manifest
     return SampleList(model=ModelRef(name=manifest.name, version=manifest.version), samples=samples)
 
@@ -132,7 +114,7 @@ def _read_sample(path: FilePath, sha256: str) -> bytes | None:
         data = path.read_bytes()
     except OSError:
         return None
-    return data if hashlib.sha256(data).hexdigest() == sha256 else None
+    return data if sha256_bytes(data) == sha256 else None
 
 
 @router.get(
@@ -148,7 +130,7 @@ async def get_sample(
     if record is None:
         raise APIError(404, "sample_not_found", f"no sample {sample_id!r}; GET /samples lists them")
     path = runtime.model_dir / SAMPLES_DIR / f"{sample_id}.png"
-    data = await run_in_threadpool(_read_sample, path, record["sha256"])
+    data = await run_in_threadpool(_read_sample, path, record.sha256)
     if data is None:
         log.error("sample %s: %s is missing or does not match its sha256", sample_id, path)
         raise APIError(500, "sample_unavailable", f"sample {sample_id!r} cannot be read")

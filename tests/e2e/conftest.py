@@ -25,15 +25,15 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 
 @pytest.fixture(scope="session")
 def demo_model_dir(tiny_build: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the tiny model directory with ``samples/`` written by ``write_samples``."""
+    """A copy of the tiny model directory with ``samples/`` added by ``add_samples``."""
     from training.checkpoint import load_model
-    from training.samples import write_samples
+    from training.samples import add_samples
 
     model_dir = tmp_path_factory.mktemp("demo") / "model"
     shutil.copytree(tiny_build / "model", model_dir)
     classifier, _ = load_model(tiny_build / "classifier.safetensors")
     purifier, _ = load_model(tiny_build / "purifier.safetensors")
-    write_samples(model_dir, classifier, purifier, "fashion-mnist", **DEMO_SAMPLES)
+    add_samples(model_dir, classifier, purifier, **DEMO_SAMPLES)
     return model_dir
 
 

@@ -6,7 +6,6 @@ run the app in-process, where the runtime can be slowed down or swapped.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import signal
@@ -221,7 +220,8 @@ def test_reload_refuses_a_model_with_another_input_shape(
 
     def load_other(settings: Settings):
         other = service.state.load_runtime(settings)
-        other.manifest = dataclasses.replace(other.manifest, height=32, width=32)
+        shape = other.manifest.input.model_copy(update={"height": 32, "width": 32})
+        other.manifest = other.manifest.model_copy(update={"input": shape})
         return other
 
     monkeypatch.setattr(service.state, "load_runtime", load_other)

@@ -11,10 +11,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from contract import sha256_file, validate_model_dir
 from training.__main__ import main
 from training.checkpoint import load_model
 from training.data import load_split
-from training.export import PARITY_ATOL, Parity, sha256_file
+from training.export import PARITY_ATOL, Parity
 from training.snn import SpikeRecorder
 
 
@@ -156,6 +157,7 @@ def test_manifest(tiny_model_dir: Path):
     assert parity["top1_disagreements_without_flip"] == 0
     assert parity["flipped"] <= 0.05 * parity["images"]
     assert parity["classifier_mean_spikes"] > 0 and parity["purifier_mean_spikes"] > 0
+    assert validate_model_dir(tiny_model_dir)[1] == []
 
 
 def test_existing_directory_needs_force(tiny_build: Path, tmp_path: Path, capsys):
