@@ -39,7 +39,9 @@ SOURCES = [
     "training/models/purifier.py",
     "training/checkpoint.py",
     "training/data.py",
-    "training/export.py",
+    "training/samples.py",
+    "training/export/*.py",
+    "contract/*.py",
 ]
 TINY_TIMESTEPS = 2
 TRAIN_IMAGES = 256
@@ -51,9 +53,10 @@ def _cache_key() -> str:
     import torch
 
     digest = hashlib.sha256(torch.__version__.encode())
-    for name in SOURCES:
-        digest.update(name.encode())
-        digest.update((REPO / name).read_bytes())
+    for pattern in SOURCES:
+        for path in sorted(REPO.glob(pattern)):
+            digest.update(str(path.relative_to(REPO)).encode())
+            digest.update(path.read_bytes())
     recipe = (TINY_TIMESTEPS, TRAIN_IMAGES, BATCH, STEPS)
     digest.update(repr(recipe).encode())
     for function in (_calibrate, build_tiny_model, _train_and_export):
