@@ -165,7 +165,10 @@ def test_purifier_training_lowers_reconstruction_error(tmp_path, tiny_data):
     assert log[-1]["train_rec"] < log[0]["train_rec"]
     assert log[-1]["train_loss"] < log[0]["train_loss"]
     meta = read_meta(Path(summary["run_dir"]) / "best.safetensors")
-    assert meta["attack"] == {"name": "fgsm", "eps": pytest.approx(0.2), "steps": 7}
+    assert meta["attack"] == {
+        "name": "fgsm", "eps": pytest.approx(0.2), "steps": 7, "eps_min": None,
+        "clean_fraction": 0.0,
+    }  # fmt: skip
     purifier, _ = load_model(summary["run_dir"])
     purified, noise = purifier(torch.rand(2, 1, 12, 12))
     assert purified.shape == noise.shape == (2, 1, 12, 12)
@@ -186,3 +189,41 @@ def test_distributed_two_processes_stay_in_sync(tmp_path, tiny_data):
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     digests = summary["rank_param_digests"]
     assert len(digests) == 2 and digests[0] == digests[1]
+
+
+def test_mixed_purifier_batch_keeps_clean_images_and_draws_eps_per_image():
+    """The shipped purifier's input: the first quarter clean, the rest FGSM at its own eps,
+    exactly ``clip(x + eps_i * sign(grad))``."""
+    from training.attacks import fgsm
+    from training.train import _fgsm, mixed_purifier_batch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    gen = torch.Generator().manual_seed(1)
+    out = mixed_purifier_batch(_fgsm, model, x, y, 0.2, 1, gen, clean_fraction=0.25, eps_min=0.05)
+    assert torch.equal(out[:4], x[:4])
+    linf = (out - x).flatten(1).abs().amax(1)[4:]
+    assert (linf >= 0.05 - 1e-6).all() and (linf <= 0.2 + 1e-6).all()
+    assert linf.std() > 0.01  # the epsilons differ from image to image
+    for i in range(4, 16):
+        eps_i = float(linf[i - 4])
+        expected = fgsm(model, x[i : i + 1], y[i : i + 1], eps_i)
+        assert torch.allclose(out[i : i + 1], expected, atol=1e-6), i
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--clean-fraction", "1"], "--clean-fraction must be in [0, 1)"),
+        (["--attack", "pgd", "--attack-eps-min", "0"], "--attack-eps-min works with"),
+        (["--attack-eps-min", "0.5"], "--attack-eps-min must be in [0"),
+    ],
+)
+def test_purifier_mix_flags_are_checked(tmp_path, tiny_data, capsys, flags, needle):
+    classifier = tmp_path / "c.safetensors"
+    classifier.write_bytes(b"")  # validation runs before any checkpoint is read
+    args = ["train-purifier", "--classifier", str(classifier), "--data-dir", str(tiny_data),
+            "--runs-dir", str(tmp_path), "--eval-eps", "0.1", *flags]  # fmt: skip
+    assert main(args) == 2
+    assert needle in capsys.readouterr().err

@@ -24,7 +24,7 @@ import json
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +88,11 @@ class SuiteConfig:
     sigma: float = 20 / 255
     eot_samples: int = 10
     sanity: bool = True
+    # more defences by name: (classifier checkpoint, purifier checkpoint or None), e.g. a
+    # second purifier or a purifier in front of the adversarially trained classifier
+    extra_defences: Mapping[str, Sequence[str | None]] = field(default_factory=dict)
+    # evaluate only these defences (by name; empty: all of them)
+    only_defences: Sequence[str] = ()
 
 
 @dataclass
@@ -422,9 +427,25 @@ def _defences(config: SuiteConfig, device: torch.device) -> tuple[list[Defence],
         loaded["ols_classifier"] = _load(config.ols_classifier, "OLS classifier", device)
         ols = loaded["ols_classifier"].model
         defences.append(Defence("purifier+ols", ols, purifier, ("ols_classifier", "purifier")))
+    for name, (classifier_path, purifier_path) in config.extra_defences.items():
+        if any(d.name == name for d in defences):
+            raise UsageError(f"defence {name!r} is defined twice")
+        keys = (f"{name}:classifier",) + ((f"{name}:purifier",) if purifier_path else ())
+        loaded[keys[0]] = _load(str(classifier_path), f"{name} classifier", device)
+        purifier_model = None
+        if purifier_path:
+            loaded[keys[1]] = _load(str(purifier_path), f"{name} purifier", device)
+            purifier_model = loaded[keys[1]].model
+        defences.append(Defence(name, loaded[keys[0]].model, purifier_model, keys))
     for key, item in loaded.items():
-        if (key == "purifier") != (item.meta.get("model") == "purifier"):
+        wants_purifier = key == "purifier" or key.endswith(":purifier")
+        if wants_purifier != (item.meta.get("model") == "purifier"):
             raise UsageError(f"{item.path} holds a {item.meta.get('model')!r}, not a {key}")
+    if config.only_defences:
+        unknown = sorted(set(config.only_defences) - {d.name for d in defences})
+        if unknown:
+            raise UsageError(f"unknown defence(s) {unknown}; have {[d.name for d in defences]}")
+        defences = [d for d in defences if d.name in config.only_defences]
     return defences, loaded
 
 
@@ -452,7 +473,7 @@ def _result_path(out_dir: Path, r: dict[str, Any], key: str) -> Path:
     return folder / f"{r['attack']}{steps}{eps}_{key}.json"
 
 
-def _plan(config: SuiteConfig, defences: list[Defence]) -> list[dict[str, Any]]:
+def plan_grid(config: SuiteConfig, defences: list[Defence]) -> list[dict[str, Any]]:
     """The (defence, threat, attack, eps, steps) grid, white-box duplicates removed, with
     the large-eps sanity runs appended."""
     plan: list[dict[str, Any]] = []
@@ -491,8 +512,13 @@ def _plan(config: SuiteConfig, defences: list[Defence]) -> list[dict[str, Any]]:
     return plan
 
 
-def run_suite(config: SuiteConfig, log=print) -> SuiteReport:
-    """Runs (or reuses) every result of the grid, then checks and writes the report."""
+def run_suite(
+    config: SuiteConfig,
+    log=print,
+    on_result: Callable[[Path, dict[str, Any]], None] | None = None,
+) -> SuiteReport:
+    """Runs (or reuses) every result of the grid, then checks and writes the report.
+    ``on_result(path, result)`` runs after each newly computed result file is written."""
     from .data import load_split
 
     validate(config)
@@ -517,7 +543,7 @@ def run_suite(config: SuiteConfig, log=print) -> SuiteReport:
 
     checkpoints = {k: {"path": str(v.path), "sha256": v.sha256} for k, v in loaded.items()}
     source_ids = {k: v.sha256 for k, v in source_items.items()}
-    plan = _plan(config, defences)
+    plan = plan_grid(config, defences)
     results: list[dict[str, Any]] = []
     for i, item in enumerate(plan, 1):
         d: Defence = item["defence"]
@@ -579,6 +605,8 @@ def run_suite(config: SuiteConfig, log=print) -> SuiteReport:
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(result, indent=2))
             tmp.replace(path)
+            if on_result is not None:
+                on_result(path, result)
             log(
                 f"{label}: clean {result['clean_accuracy']:.1f}% robust "
                 f"{result['robust_accuracy']:.1f}% ({result['seconds']:.1f} s)"

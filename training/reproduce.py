@@ -1,181 +1,115 @@
-"""``python -m training reproduce --preset P --out runs/repro``: the paper's whole study.
+"""``python -m training reproduce --preset P``: the paper's whole study, durable and budgeted.
 
-Stages run in order and each is resumable: a finished stage (``summary.json`` in its run
-directory, or a result JSON per evaluation setting) is skipped, an interrupted training run
-continues from its last epoch. Kill it at any point and run the same command again.
+The study (``training.study_plan``) is a list of stages in value order. Its state lives in a
+tracked directory, ``studies/<preset>/`` by default:
 
-1. classifiers: SENet18-SNN with MLF K = 3 (the defended model), K = 1 and K = 2 (Table 1),
-   K = 3 with online label smoothing, a PGD adversarially trained K = 3 (the baseline), and
-   independently trained ResNet20-SNN and WRN-16-8-SNN transfer sources (Table 3);
-2. the purifier, trained by Algorithm 1 against the K = 3 classifier;
-3. evaluations (``training.evaluate.run_suite``) for Tables 1-4, Figure 4 and Figure 5;
-4. ``results.json``: every figure the results page quotes, gathered from the stages.
+* a training stage is a run directory (``config.json``, ``metrics.jsonl``, ``summary.json``,
+  ``best.safetensors``; while unfinished also ``latest.safetensors``, the resumable state
+  rewritten at every epoch end, removed once the stage is done);
+* an evaluation stage is ``eval/<stage>/``: one result JSON per setting, and the stage's report;
+* ``results.json`` gathers every figure of the finished stages.
+
+With ``--commit`` each finished epoch and each finished evaluation setting is committed to
+git at once, so a clone on any machine continues where the last run stopped: run the same
+command again. ``--status`` prints each stage (done / partial / pending), the core-seconds it
+used and an estimate of what it has left. Stages whose prior cost does not fit in the
+budget (``--budget-hours``, cumulative in plan order) are cut and listed as such.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
-from .presets import PRESETS, get_preset
+from .presets import PRESETS
+from .study_plan import (
+    BUDGET_CORE_HOURS,
+    EvalStage,
+    Study,
+    TrainStage,
+    eval_prior_seconds,
+    study_plan,
+    train_prior_seconds,
+)
 
-
-@dataclass(frozen=True)
-class TrainStage:
-    name: str
-    command: str
-    flags: tuple[str, ...] = ()
-    needs: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class EvalStage:
-    name: str
-    classifier: str
-    purifier: str | None = None
-    adv_classifier: str | None = None
-    ols_classifier: str | None = None
-    sources: tuple[str, ...] = ()
-    attacks: tuple[str, ...] = ("pgd",)
-    eps: tuple[float, ...] = ()
-    steps: tuple[int, ...] = (7,)
-    threat_models: tuple[str, ...] = ("classifier-only",)
-    n: int = 500
-    sanity: bool = True
-
-
-@dataclass(frozen=True)
-class Study:
-    train: tuple[TrainStage, ...]
-    evaluate: tuple[EvalStage, ...]
-    headline_n: int = 1000
-    other_n: int = 500
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-WHITE_BOX = ("classifier-only", "end-to-end", "bpda")
-
-
-def study_plan(preset_name: str, headline_n: int = 1000, other_n: int = 500) -> Study:
-    preset = get_preset(preset_name)
-    eps = preset.eval_eps
-    surrogates = preset.surrogates
-    train = (
-        TrainStage("clf-k3", "train-classifier"),
-        TrainStage("purifier", "train-purifier", ("--classifier", "{clf-k3}"), ("clf-k3",)),
-        TrainStage("clf-k3-adv", "adv-train"),
-        TrainStage("clf-k3-ols", "train-classifier", ("--ols",)),
-        TrainStage("clf-k1", "train-classifier", ("--thresholds", "0.6")),
-        TrainStage("clf-k2", "train-classifier", ("--thresholds", "0.6,1.6")),
-        TrainStage("src-resnet20", "train-classifier", surrogates["resnet20_snn"]),
-        TrainStage("src-wrn16-8", "train-classifier", surrogates["wrn16_8_snn"]),
-    )
-    defended = dict(
-        classifier="clf-k3", purifier="purifier", adv_classifier="clf-k3-adv",
-        ols_classifier="clf-k3-ols",
-    )  # fmt: skip
-    evaluate = (
-        # headline rows: PGD and AutoAttack in every white-box threat model, >= 1000 images
-        EvalStage("headline", **defended, attacks=("pgd", "autoattack"), eps=(eps,),
-                  threat_models=WHITE_BOX, n=headline_n),
-        # Table 2: the paper's attack list at the dataset's standard epsilon
-        EvalStage("table2", **defended,
-                  attacks=("gaussian", "fgsm", "ifgsm", "mifgsm", "cw", "apgd-ce", "bpda-eot"),
-                  eps=(eps,), threat_models=WHITE_BOX, n=other_n),
-        # Table 1: MLF ablation, no purifier, at the paper's MNIST epsilon 0.2 (and eps)
-        *(
-            EvalStage(f"table1-{k}", classifier=f"clf-{k}", attacks=("fgsm", "pgd"),
-                      eps=(eps, 0.2), n=other_n, sanity=False)
-            for k in ("k1", "k2", "k3")
-        ),
-        # Table 3: transfer from independently trained surrogates
-        EvalStage("table3", classifier="clf-k3", purifier="purifier",
-                  ols_classifier="clf-k3-ols", sources=("src-resnet20", "src-wrn16-8"),
-                  attacks=("fgsm", "pgd"), eps=(eps,), steps=(5, 10, 20),
-                  threat_models=("transfer",), n=other_n),
-        # the purifier reused unchanged in front of another classifier
-        EvalStage("purifier-on-resnet20", classifier="src-resnet20", purifier="purifier",
-                  attacks=("fgsm", "pgd"), eps=(eps,), threat_models=WHITE_BOX, n=other_n),
-        # Figure 5: PGD steps and epsilon sweeps
-        EvalStage("figure5-steps", **defended, attacks=("pgd",), eps=(eps,),
-                  steps=(5, 10, 20, 50), threat_models=("classifier-only", "end-to-end"),
-                  n=other_n),
-        EvalStage("figure5-eps", **defended, attacks=("pgd",),
-                  eps=tuple(round(eps * f, 4) for f in (0.25, 0.5, 1.0, 1.5, 2.0)),
-                  threat_models=("classifier-only", "end-to-end"), n=other_n),
-    )  # fmt: skip
-    return Study(train, evaluate, headline_n, other_n)
+RESULT_FILES = "*/*/*.json"  # eval/<stage>/<defence>/<threat model>/<setting>.json
 
 
 def configure(parser: argparse.ArgumentParser, command: str) -> None:
     add = parser.add_argument
     add("--preset", required=True, choices=sorted(PRESETS))
-    add("--out", default="runs/repro", help="directory of the study's runs and results")
+    add("--out", help="the study's directory (default: studies/<preset>, tracked by git)")
     add("--data-dir", help="dataset directory (default: the dataset's own)")
     add("--device", choices=["auto", "cpu", "cuda"], default="auto")
     add("--only", nargs="+", metavar="STAGE", help="run only these stages (by name)")
-    add("--headline-n", type=int, default=1000, help="test images of the headline rows")
+    add("--headline-n", type=int, default=1000, help="test images of the headline row")
     add("--n", type=int, default=500, dest="other_n", help="test images of the other rows")
+    add("--budget-hours", type=float, default=BUDGET_CORE_HOURS,
+        help=f"core-hours of the whole study (default {BUDGET_CORE_HOURS:g}); later stages "
+        "that do not fit are cut")  # fmt: skip
+    add("--commit", action="store_true",
+        help="git-commit the study directory after every epoch and evaluation setting")  # fmt: skip
     add("--no-progress", dest="progress", action="store_false")
-    add("--list", action="store_true", help="print the stages and their state, run nothing")
+    add("--status", "--list", dest="status", action="store_true",
+        help="print each stage's state, core-seconds used and left; run nothing")  # fmt: skip
 
 
-def _train_args(stage: TrainStage, args: argparse.Namespace, out: Path) -> list[str]:
-    flags = [f.format(**{s: str(out / s) for s in stage.needs}) for f in stage.flags]
-    argv = [stage.command, "--preset", args.preset, "--runs-dir", str(out), "--name", stage.name,
-            "--device", args.device, *flags]  # fmt: skip
+# --------------------------------------------------------------------------- configuration
+
+
+def _resolve(value: Any, out: Path) -> Any:
+    if isinstance(value, str) and value.startswith("{") and value.endswith("}"):
+        return str(out / value[1:-1])
+    return value
+
+
+def train_config(
+    stage: TrainStage, study: Study, out: Path, args: argparse.Namespace, check: bool = True
+):
+    from .train import config_for
+
+    settings = {k: _resolve(v, out) for k, v in stage.settings.items()}
+    settings.update(name=stage.name, runs_dir=str(out), device=args.device)
     if args.data_dir:
-        argv += ["--data-dir", args.data_dir]
+        settings["data_dir"] = args.data_dir
     if not args.progress:
-        argv.append("--no-progress")
-    return argv
+        settings["progress"] = False
+    return config_for(stage.command, study.preset, check=check, **settings)
 
 
-def _train_state(run_dir: Path) -> str:
-    if (run_dir / "summary.json").exists():
-        return "done"
-    if (run_dir / "config.json").exists():
-        return "started"
-    return "pending"
+def suite_config(stage: EvalStage, out: Path, args: argparse.Namespace):
+    from .evaluate import SuiteConfig
 
-
-def run_train_stage(stage: TrainStage, args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    from . import train as train_module
-
-    run_dir = out / stage.name
-    state = _train_state(run_dir)
-    if state == "done":
-        return json.loads((run_dir / "summary.json").read_text())
-    parser = argparse.ArgumentParser()
-    train_module.configure(parser, stage.command)
-    parsed = parser.parse_args(_train_args(stage, args, out)[1:])
-    parsed.command = stage.command
-    config = train_module.config_from_args(parsed)
-    return train_module.train(config, resume=state == "started")
-
-
-def run_eval_stage(stage: EvalStage, args: argparse.Namespace, out: Path):
-    from .evaluate import SuiteConfig, run_suite
-
-    def path(name: str | None) -> str | None:
-        return str(out / name) if name else None
-
-    config = SuiteConfig(
-        classifier=path(stage.classifier),
-        purifier=path(stage.purifier),
-        adv_classifier=path(stage.adv_classifier),
-        ols_classifier=path(stage.ols_classifier),
+    standard = {"none": "classifier", "purifier": "purifier", "adv-training": "adv_classifier"}
+    base = stage.defences.get("none", ("clf-k3", None))[0]
+    fields: dict[str, Any] = {"classifier": str(out / base)}
+    extra: dict[str, tuple[str, str | None]] = {}
+    for name, (classifier, purifier) in stage.defences.items():
+        if name == "purifier" and classifier == base:
+            fields["purifier"] = str(out / purifier)
+        elif name == "adv-training" and purifier is None:
+            fields["adv_classifier"] = str(out / classifier)
+        elif name not in standard:
+            extra[name] = (str(out / classifier), str(out / purifier) if purifier else None)
+        elif name != "none":
+            raise UsageError(f"stage {stage.name}: defence {name!r} does not fit its role")
+    return SuiteConfig(
+        **fields,
+        extra_defences=extra,
+        only_defences=list(stage.defences),
         sources=[str(out / s) for s in stage.sources],
         attacks=list(stage.attacks),
         eps=list(stage.eps),
         steps=list(stage.steps),
         threat_models=list(stage.threat_models),
+        surrogates=["rect1", "sigmoid4", "ste"],
         n=stage.n,
         data_dir=args.data_dir,
         device="cuda" if args.device == "cuda" else "cpu",
@@ -184,67 +118,283 @@ def run_eval_stage(stage: EvalStage, args: argparse.Namespace, out: Path):
         alpha=None,  # 2.5 * eps / steps: reaches the edge of the ball at any epsilon
         sanity=stage.sanity,
     )
-    return run_suite(config, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass
+class StageStatus:
+    name: str
+    group: int
+    kind: str  # train | evaluate
+    state: str  # done | partial | pending | cut
+    progress: str  # "epoch k of n" / "settings i of j"
+    spent_s: float
+    left_s: float | None
+    device: str = ""
+
+    def line(self) -> str:
+        left = "?" if self.left_s is None else f"{self.left_s:9.0f}"
+        return (
+            f"{self.group}  {self.kind:8s} {self.name:24s} {self.state:8s} {self.progress:18s}"
+            f" {self.spent_s:9.0f} {left}  {self.device}"
+        )
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def train_status(stage: TrainStage, study: Study, out: Path, args) -> StageStatus:
+    run_dir = out / stage.name
+    config = train_config(stage, study, out, args, check=False)
+    records = _read_jsonl(run_dir / "metrics.jsonl")
+    epochs = _saved_epochs(run_dir) or config.epochs
+    spent = sum(r.get("seconds", 0.0) for r in records)
+    done = (run_dir / "summary.json").exists()
+    if done:
+        state, left = "done", 0.0
+    elif records:
+        state = "partial"
+        left = spent / len(records) * (epochs - len(records))
+    else:
+        state = "partial" if (run_dir / "config.json").exists() else "pending"
+        left = train_prior_seconds(stage, config)
+    progress = f"epoch {len(records)} of {epochs or '?'}"
+    device = json.loads((run_dir / "summary.json").read_text()).get("device", "") if done else ""
+    return StageStatus(stage.name, stage.group, "train", state, progress, spent, left, device)
+
+
+def _saved_epochs(run_dir: Path) -> int | None:
+    path = run_dir / "config.json"
+    return json.loads(path.read_text()).get("epochs") if path.exists() else None
+
+
+def _needs_done(stage: TrainStage | EvalStage, out: Path) -> bool:
+    return all((out / n / "summary.json").exists() for n in stage.needs)
+
+
+def result_files(out: Path, stage: EvalStage) -> list[Path]:
+    return sorted((out / "eval" / stage.name).glob(RESULT_FILES))
+
+
+def eval_settings(stage: EvalStage, out: Path, args) -> list[dict[str, Any]]:
+    """The stage's grid, planned without loading a model."""
+    from .evaluate import plan_grid
+    from .threat_models import Defence
+
+    config = suite_config(stage, out, args)
+    defences = [Defence(name, None, pur) for name, (_, pur) in stage.defences.items()]  # type: ignore[arg-type]
+    return plan_grid(config, defences)
+
+
+def eval_status(stage: EvalStage, out: Path, args) -> StageStatus:
+    settings = eval_settings(stage, out, args)
+    results = [json.loads(p.read_text()) for p in result_files(out, stage)]
+    spent = sum(r.get("seconds", 0.0) for r in results)
+    surrogates = 3
+    priors = [eval_prior_seconds(s["attack"], s["threat"], stage.n, surrogates) for s in settings]
+    done_keys = {
+        (r["defence"], r["threat_model"], r["attack"], r["eps"], r.get("steps")) for r in results
+    }
+    left_priors = [
+        p for s, p in zip(settings, priors, strict=True)
+        if (s["defence"].name, s["threat"], s["attack"], s["eps"], s["steps"]) not in done_keys
+    ]  # fmt: skip
+    done_prior = sum(priors) - sum(left_priors)
+    scale = spent / done_prior if done_prior > 0 and spent > 0 else 1.0
+    n_done = len(settings) - len(left_priors)
+    state = "done" if not left_priors else ("partial" if n_done else "pending")
+    devices = sorted({r.get("device", "") for r in results} - {""})
+    return StageStatus(
+        stage.name, stage.group, "evaluate", state, f"settings {n_done} of {len(settings)}",
+        spent, sum(left_priors) * scale, ",".join(devices),
+    )  # fmt: skip
+
+
+def study_status(study: Study, out: Path, args, budget_hours: float) -> list[StageStatus]:
+    """Every stage's status; stages past the budget (cumulative, in plan order) are cut."""
+    rows, total = [], 0.0
+    for stage in study.stages:
+        if isinstance(stage, TrainStage):
+            row = train_status(stage, study, out, args)
+        else:
+            row = eval_status(stage, out, args)
+        total += row.spent_s + (row.left_s or 0.0)
+        if row.state != "done" and total > budget_hours * 3600:
+            row.state = "cut"
+        rows.append(row)
+    return rows
+
+
+def print_status(study: Study, out: Path, args) -> None:
+    rows = study_status(study, out, args, args.budget_hours)
+    print(f"study {study.preset} in {out}  (budget {args.budget_hours:g} core-hours)")
+    print(f"{'g':3s}{'kind':9s}{'stage':25s}{'state':9s}{'progress':19s}{'spent s':>9s}"
+          f" {'left s':>9s}  device")  # fmt: skip
+    for row in rows:
+        print(row.line())
+    spent = sum(r.spent_s for r in rows)
+    left = sum(r.left_s or 0.0 for r in rows if r.state != "cut")
+    print(f"total: {spent / 3600:.2f} core-hours spent, about {left / 3600:.2f} left "
+          f"(cut stages excluded)")  # fmt: skip
+    for name, reason in study.cut:
+        print(f"cut from the plan: {name}: {reason}")
+
+
+# --------------------------------------------------------------------------- running
+
+
+class Committer:
+    """``git add`` + ``git commit`` of the study directory; a failure (no repository, a busy
+    index) is reported and retried a few times, never fatal to the study."""
+
+    def __init__(self, out: Path, enabled: bool):
+        self.out, self.enabled = out, enabled
+
+    def __call__(self, message: str) -> None:
+        if not self.enabled:
+            return
+        path = str(self.out)
+        for attempt in range(5):
+            add = subprocess.run(["git", "add", "--", path], capture_output=True, text=True)
+            if add.returncode == 0:
+                staged = subprocess.run(["git", "diff", "--cached", "--quiet", "--", path])
+                if staged.returncode == 0:
+                    return  # nothing new
+                commit = subprocess.run(
+                    ["git", "commit", "-q", "-m", message, "--", path],
+                    capture_output=True,
+                    text=True,
+                )
+                if commit.returncode == 0:
+                    return
+                error = commit.stderr.strip()
+            else:
+                error = add.stderr.strip()
+            time.sleep(1 + attempt)
+        print(f"reproduce: could not commit {path}: {error}", file=sys.stderr)
+
+
+def run_train_stage(stage: TrainStage, study: Study, out: Path, args, commit) -> None:
+    from .train import train
+
+    run_dir = out / stage.name
+    if (run_dir / "summary.json").exists():
+        return
+    config = train_config(stage, study, out, args)
+
+    def on_epoch(epoch: int, record: dict[str, Any]) -> None:
+        commit(f"Study {study.preset}: {stage.name} epoch {epoch}/{config.epochs}")
+
+    summary = train(config, resume=(run_dir / "config.json").exists(), on_epoch=on_epoch)
+    summary["device"] = _device_name(args.device)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (run_dir / "latest.safetensors").unlink(missing_ok=True)  # best.safetensors holds it
+    write_results(study, out, args)
+    commit(f"Study {study.preset}: {stage.name} done")
+
+
+def run_eval_stage(stage: EvalStage, study: Study, out: Path, args, commit) -> None:
+    from .evaluate import run_suite
+
+    def on_result(path: Path, result: dict[str, Any]) -> None:
+        commit(
+            f"Study {study.preset}: {stage.name} {result['defence']}/{result['threat_model']}/"
+            f"{result['attack']} robust {result['robust_accuracy']:.1f}%"
+        )
+
+    report = run_suite(
+        suite_config(stage, out, args),
+        log=lambda msg: print(msg, file=sys.stderr, flush=True),
+        on_result=on_result,
+    )
+    if report.failed:
+        print(f"{stage.name}: {report.failed} sanity check(s) FAILED", file=sys.stderr)
+    write_results(study, out, args)
+    commit(f"Study {study.preset}: {stage.name} report")
+
+
+def _device_name(device: str) -> str:
+    import torch
+
+    if device != "cpu" and torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name()}"
+    return "cpu"
+
+
+def write_results(study: Study, out: Path, args) -> Path:
+    """``results.json``: the status of every stage, each finished training stage's summary
+    and every evaluation result (compact), for the results page."""
+    training, evaluation = {}, []
+    for stage in study.stages:
+        if isinstance(stage, TrainStage):
+            path = out / stage.name / "summary.json"
+            if path.exists():
+                summary = json.loads(path.read_text())
+                training[stage.name] = {
+                    "command": stage.command,
+                    "train_seconds": summary.get("train_seconds"),
+                    "best_score": summary.get("best_score"),
+                    "final": summary.get("final"),
+                    "device": summary.get("device", "cpu"),
+                }
+            continue
+        for path in result_files(out, stage):
+            r = json.loads(path.read_text())
+            keep = ("defence", "threat_model", "attack", "eps", "steps", "n", "purpose",
+                    "clean_accuracy", "clean_ci95", "robust_accuracy", "robust_ci95",
+                    "seconds", "device")  # fmt: skip
+            evaluation.append({"stage": stage.name, **{k: r.get(k) for k in keep}})
+    rows = study_status(study, out, args, args.budget_hours)
+    payload = {
+        "preset": study.preset,
+        "stages": [row.__dict__ for row in rows],
+        "cut_from_plan": [{"row": n, "reason": r} for n, r in study.cut],
+        "training": training,
+        "evaluation": evaluation,
+    }
+    path = out / "results.json"
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
 
 
 def run(args: argparse.Namespace) -> int:
-    out = Path(args.out)
+    out = Path(args.out or f"studies/{args.preset}")
     study = study_plan(args.preset, args.headline_n, args.other_n)
-    study = replace(
-        study,
-        evaluate=tuple(
-            replace(s, n=args.headline_n if s.name == "headline" else min(s.n, args.other_n))
-            for s in study.evaluate
-        ),
-    )
-    names = [s.name for s in study.train] + [s.name for s in study.evaluate]
+    names = [s.name for s in study.stages]
     if args.only:
         unknown = sorted(set(args.only) - set(names))
         if unknown:
             raise UsageError(f"unknown stage(s) {unknown}; stages: {', '.join(names)}")
-    if args.list:
-        for s in study.train:
-            print(f"train     {s.name:24s} {_train_state(out / s.name)}")
-        for s in study.evaluate:
-            done = len(list((out / "eval" / s.name).glob("results/*.json")))
-            print(f"evaluate  {s.name:24s} {done} result files")
+        study = replace(study, stages=tuple(s for s in study.stages if s.name in args.only))
+    if args.status:
+        print_status(study, out, args)
         return 0
-    out.mkdir(parents=True, exist_ok=True)
-    timings = _load_timings(out)
-    for stage in study.train:
-        if args.only and stage.name not in args.only:
-            continue
-        t0 = time.time()
-        summary = run_train_stage(stage, args, out)
-        timings.setdefault(stage.name, {})["train_seconds"] = summary.get("train_seconds")
-        timings[stage.name]["wall_seconds_last_call"] = round(time.time() - t0, 1)
-        _save_timings(out, timings)
-    for stage in study.evaluate:
-        if args.only and stage.name not in args.only:
-            continue
-        missing = [
-            n
-            for n in (stage.classifier, stage.purifier, stage.adv_classifier, stage.ols_classifier)
-            if n and _train_state(out / n) != "done"
-        ]
-        if missing:
-            print(f"skipping {stage.name}: runs not finished: {missing}", file=sys.stderr)
-            continue
-        t0 = time.time()
-        report = run_eval_stage(stage, args, out)
-        timings.setdefault(f"eval/{stage.name}", {})["wall_seconds_last_call"] = round(
-            time.time() - t0, 1
-        )
-        _save_timings(out, timings)
-        if report.failed:
-            print(f"{stage.name}: {report.failed} sanity check(s) FAILED", file=sys.stderr)
+    run_study(study, out, args)
     return 0
 
 
-def _load_timings(out: Path) -> dict[str, Any]:
-    path = out / "timings.json"
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _save_timings(out: Path, timings: dict[str, Any]) -> None:
-    (out / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+def run_study(study: Study, out: Path, args: argparse.Namespace) -> None:
+    """Runs every stage that is not done, cut, or waiting for an unfinished one; each
+    resumes where the state in ``out`` says it stopped."""
+    out.mkdir(parents=True, exist_ok=True)
+    commit = Committer(out, args.commit)
+    rows = study_status(study, out, args, args.budget_hours)
+    for row, stage in zip(rows, study.stages, strict=True):
+        if row.state in ("done", "cut"):
+            if row.state == "cut":
+                print(f"cut (over the budget): {stage.name}", file=sys.stderr)
+            continue
+        if not _needs_done(stage, out):
+            print(f"skipping {stage.name}: not finished: {list(stage.needs)}", file=sys.stderr)
+            continue
+        if isinstance(stage, TrainStage):
+            run_train_stage(stage, study, out, args, commit)
+        else:
+            run_eval_stage(stage, study, out, args, commit)
+    write_results(study, out, args)
+    commit(f"Study {study.preset}: results")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, is_dataclass
+from dataclasses import MISSING, asdict, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ def prepare_run_dir(run_dir: Path, config: Any, *, resume: bool, force: bool) ->
     if config_path.exists():
         if resume:
             saved = json.loads(config_path.read_text())
-            diff = _config_diff(saved, json.loads(json.dumps(config_dict)))
+            diff = _config_diff(saved, json.loads(json.dumps(config_dict)), _defaults(config))
             if diff:
                 raise UsageError(f"--resume with a different configuration ({diff}) in {run_dir}")
             return (run_dir / LATEST).exists()
@@ -52,10 +52,33 @@ def prepare_run_dir(run_dir: Path, config: Any, *, resume: bool, force: bool) ->
 _IGNORED_ON_RESUME = {"resume", "force", "device", "compile", "progress"}
 
 
-def _config_diff(saved: dict[str, Any], current: dict[str, Any]) -> str:
+def _defaults(config: Any) -> dict[str, Any]:
+    """The configuration class's defaults (JSON-normalised), for settings a run saved before
+    they existed."""
+    if not is_dataclass(config):
+        return {}
+    values: dict[str, Any] = {}
+    for f in fields(config):
+        if f.default is not MISSING:
+            values[f.name] = f.default
+        elif f.default_factory is not MISSING:
+            values[f.name] = f.default_factory()
+    return json.loads(json.dumps(values))
+
+
+def _config_diff(
+    saved: dict[str, Any], current: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> str:
+    """The settings that differ; one missing on either side counts as its default (a run
+    saved before a setting existed ran with the setting's default behaviour)."""
+    defaults = defaults or {}
     keys = (set(saved) | set(current)) - _IGNORED_ON_RESUME
-    changed = sorted(k for k in keys if saved.get(k) != current.get(k))
-    return ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
+
+    def value(side: dict[str, Any], key: str) -> Any:
+        return side.get(key, defaults.get(key))
+
+    changed = sorted(k for k in keys if value(saved, k) != value(current, k))
+    return ", ".join(f"{k}: {value(saved, k)!r} -> {value(current, k)!r}" for k in changed)
 
 
 class MetricsLog:

@@ -88,6 +88,11 @@ class TrainConfig:
     attack: str = "fgsm"
     attack_eps: float | None = None  # default: 2 x eval_eps
     attack_steps: int = 7
+    # the shipped purifier's mix (Algorithm 1 has neither: 0 and None): this fraction of each
+    # batch stays clean (true noise level 0), and the attacked rest draws its epsilon per
+    # sample uniformly from [attack_eps_min, attack_eps]
+    clean_fraction: float = 0.0
+    attack_eps_min: float | None = None
     charbonnier_epochs: int = 100
     beta: float = 0.5
     # execution
@@ -113,8 +118,11 @@ def configure(parser: argparse.ArgumentParser, command: str) -> None:
     add("--lr", type=float, help="learning rate")
     add("--weight-decay", type=float)
     add("--milestones", type=_int_tuple, help="epochs at which the lr decays, e.g. 80,120")
-    add("--schedule", choices=["step", "cosine"],
-        help="lr schedule: step decays at --milestones, cosine anneals to ~0 over --epochs")  # fmt: skip
+    add(
+        "--schedule",
+        choices=["step", "cosine"],
+        help="lr schedule: step decays at --milestones, cosine anneals to ~0 over --epochs",
+    )
     add("--subset", type=int, help="train on N random training images (quick runs)")
     add("--val-images", type=int, help="validation images held out of the training split")
     add("--no-augment", dest="augment", action="store_false", default=None)
@@ -141,6 +149,16 @@ def configure(parser: argparse.ArgumentParser, command: str) -> None:
         add("--attack", choices=sorted(PURIFIER_ATTACKS), help="attack of Algorithm 1, line 4")
         add("--attack-eps", type=float, help="its epsilon (default: 2 x the evaluation epsilon)")
         add("--attack-steps", type=int, help="steps of iterative attacks")
+        add(
+            "--clean-fraction",
+            type=float,
+            help="fraction of each batch left clean (noise level 0; default 0, as Algorithm 1)",
+        )
+        add(
+            "--attack-eps-min",
+            type=float,
+            help="draw each attacked image's epsilon from [this, --attack-eps] (FGSM, gaussian)",
+        )
         add("--charbonnier-epochs", type=int, help="epochs of pure Charbonnier loss first")
         add("--beta", type=float, help="L_rec = beta * Charbonnier + (1 - beta) * L2 afterwards")
 
@@ -155,23 +173,36 @@ def _float_tuple(text: str) -> tuple[float, ...]:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Dataclass defaults < preset < explicit flags."""
-    values: dict[str, Any] = {"command": args.command}
-    if getattr(args, "preset", None):
-        values.update(get_preset(args.preset).for_command(args.command))
-        values["preset"] = args.preset
     names = {f.name for f in fields(TrainConfig)}
-    for key, value in vars(args).items():
-        if key in names and value is not None and key != "command":
-            values[key] = value
-    unknown = set(values) - names
+    settings = {
+        key: value
+        for key, value in vars(args).items()
+        if key in names and value is not None and key not in ("command", "preset")
+    }
+    return config_for(args.command, getattr(args, "preset", None), **settings)
+
+
+def config_for(
+    command: str, preset: str | None = None, *, check: bool = True, **settings: Any
+) -> TrainConfig:
+    """The configuration of one training command: dataclass defaults < ``preset`` <
+    ``settings``, validated unless ``check`` is false (a plan's cost estimate needs the
+    settings of a run whose inputs do not exist yet). The Python API behind the flags."""
+    values: dict[str, Any] = {"command": command}
+    if preset:
+        values.update(get_preset(preset).for_command(command))
+        values["preset"] = preset
+    values.update(settings)
+    unknown = set(values) - {f.name for f in fields(TrainConfig)}
     if unknown:
         raise UsageError(f"unknown settings {sorted(unknown)}")
     config = TrainConfig(**values)
-    if args.command == "adv-train" and getattr(args, "adv_eps", None) is None and not args.preset:
+    if command == "adv-train" and "adv_eps" not in settings and not preset:
         config.adv_eps = config.eval_eps
     if not config.name:
         config.name = default_run_name(config)
-    validate(config)
+    if check:
+        validate(config)
     return config
 
 
@@ -216,6 +247,19 @@ def validate(config: TrainConfig) -> None:
         raise UsageError(f"--thresholds must be positive and increasing, got {config.thresholds}")
     if not 0 <= config.beta <= 1:
         raise UsageError(f"--beta must be in [0, 1], got {config.beta}")
+    if not 0 <= config.clean_fraction < 1:
+        raise UsageError(f"--clean-fraction must be in [0, 1), got {config.clean_fraction}")
+    if config.attack_eps_min is not None:
+        if config.attack not in EPS_RANGE_ATTACKS:
+            raise UsageError(
+                f"--attack-eps-min works with {sorted(EPS_RANGE_ATTACKS)}, not {config.attack!r}"
+            )
+        top = config.attack_eps if config.attack_eps is not None else 2 * config.eval_eps
+        if not 0 <= config.attack_eps_min <= top:
+            raise UsageError(
+                f"--attack-eps-min must be in [0, the attack's eps {top:g}], "
+                f"got {config.attack_eps_min}"
+            )
     if config.command == "train-purifier":
         if not config.classifier:
             raise UsageError("train-purifier needs --classifier (a checkpoint or run directory)")
@@ -409,6 +453,45 @@ PURIFIER_ATTACKS: dict[str, Callable[..., torch.Tensor]] = {
     "ifgsm": _ifgsm,
     "gaussian": _gaussian,
 }
+# attacks whose output at a per-sample epsilon is exact from one pass: x + eps_i * direction
+EPS_RANGE_ATTACKS = frozenset({"fgsm", "gaussian"})
+
+
+def mixed_purifier_batch(
+    attack: Callable[..., torch.Tensor],
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    steps: int,
+    gen: torch.Generator,
+    *,
+    clean_fraction: float = 0.0,
+    eps_min: float | None = None,
+) -> torch.Tensor:
+    """The purifier's training input: ``attack`` at ``eps`` (Algorithm 1, line 4) or, with
+    ``eps_min``, at a per-sample epsilon drawn uniformly from ``[eps_min, eps]``; then the
+    first ``clean_fraction`` of the (already shuffled) batch is left clean.
+
+    A per-sample epsilon is exact for FGSM, whose output is ``clip(x + eps * sign(g))``: the
+    sign is taken once from a unit-epsilon step (a pixel at the box edge that the step
+    cannot move gets 0 either way), and for Gaussian noise, whose sample scales with eps."""
+    if eps_min is None:
+        x_adv = attack(model, x, y, eps, steps, gen)
+    else:
+        if attack not in (_fgsm, _gaussian):
+            raise ValueError("a per-sample epsilon needs FGSM or Gaussian noise")
+        lo = torch.full((len(x),), float(eps_min))
+        eps_i = (lo + torch.rand(len(x), generator=gen) * (eps - eps_min)).to(x.device)
+        if attack is _gaussian:  # a standard normal sample, scaled per sample below
+            direction = torch.randn(x.shape, generator=gen).to(x.device)
+        else:
+            direction = (attack(model, x, y, 1.0, steps, gen) - x).sign()
+        x_adv = (x + eps_i.view(-1, *[1] * (x.dim() - 1)) * direction).clamp(0, 1)
+    n_clean = int(round(clean_fraction * len(x)))
+    if n_clean:
+        x_adv = torch.cat([x[:n_clean], x_adv[n_clean:]])
+    return x_adv.detach()
 
 
 # --------------------------------------------------------------------------- the loop
@@ -429,6 +512,9 @@ class Trainer:
         self.data = load_data(config)
         self.extra_modules: dict[str, nn.Module] = {}
         self.meta_extra: dict[str, Any] = {}
+        # called on the main rank after each epoch's checkpoints are written (reproduce
+        # commits the study there)
+        self.on_epoch: Callable[[int, dict[str, Any]], None] | None = None
 
     # subclass hooks -----------------------------------------------------------------
     def train_step(self, x, y, epoch: int, gen: torch.Generator) -> dict[str, float]:
@@ -503,6 +589,8 @@ class Trainer:
                     )
                 log.append(record)
                 print(json.dumps(record), file=sys.stderr, flush=True)
+                if self.on_epoch is not None:
+                    self.on_epoch(epoch, record)
             self.barrier()
         summary: dict[str, Any] = {"run_dir": str(self.run_dir), "train_seconds": train_seconds}
         digests = self.gather_digests()
@@ -645,7 +733,9 @@ class ClassifierTrainer(Trainer):
 class PurifierTrainer(Trainer):
     """Algorithm 1: the classifier is frozen; the purifier learns to undo its attacks."""
 
-    score_name = "val_purified_acc"
+    # the mean of purified clean and purified attacked accuracy: a purifier that buys
+    # robustness with clean accuracy (or the reverse) is not the best one
+    score_name = "val_purified_mean_acc"
 
     def __init__(self, config, device, dist):
         super().__init__(config, device, dist)
@@ -665,7 +755,13 @@ class PurifierTrainer(Trainer):
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.meta_extra = {
             "classifier": str(config.classifier),
-            "attack": {"name": config.attack, "eps": self.attack_eps, "steps": config.attack_steps},
+            "attack": {
+                "name": config.attack,
+                "eps": self.attack_eps,
+                "steps": config.attack_steps,
+                "eps_min": config.attack_eps_min,
+                "clean_fraction": config.clean_fraction,
+            },  # fmt: skip
         }
 
     def set_lr(self, epoch: int) -> None:  # Adam at a constant lr (the paper's 1e-4)
@@ -674,7 +770,10 @@ class PurifierTrainer(Trainer):
 
     def train_step(self, x, y, epoch, gen):
         cfg = self.config
-        x_adv = self.attack(self.classifier, x, y, self.attack_eps, cfg.attack_steps, gen).detach()
+        x_adv = mixed_purifier_batch(
+            self.attack, self.classifier, x, y, self.attack_eps, cfg.attack_steps, gen,
+            clean_fraction=cfg.clean_fraction, eps_min=cfg.attack_eps_min,
+        )  # fmt: skip
         sigma = (x_adv - x).abs()  # the true per-pixel noise level (module docstring)
         beta = 1.0 if epoch <= cfg.charbonnier_epochs else cfg.beta
         with autocast(self.device):
@@ -700,7 +799,7 @@ class PurifierTrainer(Trainer):
         def attacked(eps):
             return lambda x, y: self.attack(self.classifier, x, y, eps, cfg.attack_steps, gen)
 
-        return {
+        out = {
             "val_clean_acc": accuracy(self.classifier, self.data.val, self.device),
             "val_purified_clean_acc": accuracy(purify_then_classify, self.data.val, self.device),
             "val_attacked_acc": accuracy(
@@ -710,13 +809,22 @@ class PurifierTrainer(Trainer):
                 purify_then_classify, self.data.val, self.device, transform=attacked(cfg.eval_eps)
             ),
         }
+        out["val_purified_mean_acc"] = (out["val_purified_clean_acc"] + out["val_purified_acc"]) / 2
+        return out
 
 
 # --------------------------------------------------------------------------- entry points
 
 
-def train(config: TrainConfig, *, resume: bool = False, force: bool = False) -> dict[str, Any]:
-    """Runs one training command; the Python API behind the command line."""
+def train(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Runs one training command; the Python API behind the command line. ``on_epoch(epoch,
+    record)`` runs after each epoch's checkpoints are on disk."""
     validate(config)
     torch.manual_seed(config.seed)
     dist = setup_distributed(resolve_device(config.device))
@@ -734,6 +842,7 @@ def train(config: TrainConfig, *, resume: bool = False, force: bool = False) -> 
         trainer: Trainer = PurifierTrainer(config, device, dist)
     else:
         trainer = ClassifierTrainer(config, device, dist, adversarial=config.command == "adv-train")
+    trainer.on_epoch = on_epoch
     return trainer.fit(resume)
 
 
