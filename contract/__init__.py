@@ -13,6 +13,7 @@ from .directory import (
     validate_model_dir,
     verify_graph_files,
     verify_sample_files,
+    verify_weight_files,
     write_manifest,
 )
 from .errors import ContractError
@@ -23,6 +24,7 @@ from .graphs import (
     IMAGE_INPUT,
     PURIFIER_OUTPUTS,
     ROLES,
+    WEIGHT_FILES,
     check_graph_io,
 )
 from .hashing import sha256_bytes, sha256_file
@@ -42,6 +44,7 @@ from .manifest import (
     NeuronSettings,
     Normalization,
     SampleRecord,
+    is_plain_file_name,
 )
 
 __all__ = [
@@ -53,6 +56,7 @@ __all__ = [
     "MANIFEST",
     "PURIFIER_OUTPUTS",
     "ROLES",
+    "WEIGHT_FILES",
     "SAMPLES_DIR",
     "SAMPLE_ID",
     "SUPPORTED_FORMAT_VERSIONS",
@@ -69,6 +73,7 @@ __all__ = [
     "Normalization",
     "SampleRecord",
     "check_graph_io",
+    "is_plain_file_name",
     "load_manifest",
     "read_manifest_text",
     "sha256_bytes",
@@ -76,5 +81,6 @@ __all__ = [
     "validate_model_dir",
     "verify_graph_files",
     "verify_sample_files",
+    "verify_weight_files",
     "write_manifest",
 ]

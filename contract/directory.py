@@ -4,6 +4,8 @@
     <model_dir>/purifier.onnx       the graphs it lists, with their sha256
     <model_dir>/classifier.onnx
     <model_dir>/samples/<id>.png    the demo images it lists, with their sha256 (optional)
+    <model_dir>/classifier.safetensors, purifier.safetensors
+                                    the weights the graphs were exported from
 
 Every failure is a ``ContractError`` whose message names the file and the problem.
 """
@@ -124,4 +126,27 @@ def validate_model_dir(model_dir: str | os.PathLike) -> tuple[Manifest | None, l
         problems.append(str(exc))
     problems += [f"sample record ignored: {reason}" for reason in manifest.rejected_samples]
     problems += verify_sample_files(model_dir, manifest)
+    problems += verify_weight_files(model_dir, manifest)
     return manifest, problems
+
+
+def verify_weight_files(model_dir: str | os.PathLike, manifest: Manifest) -> list[str]:
+    """Problems with the bundled weights (``models.<role>.checkpoint``): a file outside the
+    directory, missing, or with another sha256."""
+    if manifest.models is None:
+        return []
+    problems = []
+    for role in ("classifier", "purifier"):
+        record = getattr(manifest.models, role)
+        if not record.bundled:
+            problems.append(
+                f"{role} weights are not in the directory (checkpoint names {record.checkpoint!r}"
+                "): the served model cannot be rebuilt from it"
+            )
+            continue
+        path = Path(model_dir) / record.checkpoint
+        if not path.is_file():
+            problems.append(f"{role} weights {path} are missing")
+        elif sha256_file(path) != record.checkpoint_sha256:
+            problems.append(f"{role} weights {path} do not match their sha256")
+    return problems

@@ -22,6 +22,8 @@ CLASSIFIER_OUTPUTS = ("logits", "spikes")
 ROLES = ("purifier", "classifier")
 GRAPH_FILES = {"purifier": "purifier.onnx", "classifier": "classifier.onnx"}
 GRAPH_OUTPUTS = {"purifier": PURIFIER_OUTPUTS, "classifier": CLASSIFIER_OUTPUTS}
+# the weights each graph was exported from (weights-only safetensors, in the same directory)
+WEIGHT_FILES = {"purifier": "purifier.safetensors", "classifier": "classifier.safetensors"}
 
 
 def check_graph_io(role: str, inputs: Sequence[str], outputs: Sequence[str]) -> None:

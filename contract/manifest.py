@@ -94,7 +94,7 @@ class GraphFile(_Model):
     @field_validator("path")
     @classmethod
     def _plain_name(cls, value: str) -> str:
-        if not value or "/" in value or "\\" in value or value in (".", ".."):
+        if not is_plain_file_name(value):
             raise ValueError(f"graph path {value!r} is not a file name in the model directory")
         return value
 
@@ -127,14 +127,26 @@ class GraphFiles(_Model):
 
 
 class ModelRecord(_Model):
-    """The checkpoint a graph was exported from, and how to rebuild its model. Other
-    fields of the checkpoint's metadata (kind, epoch, metrics, ...) are kept as extras."""
+    """The weights a graph was exported from, and how to rebuild its model. Other fields of
+    the checkpoint's metadata (kind, epoch, metrics, ...) are kept as extras.
+
+    ``checkpoint`` is a weights-only safetensors file inside the model directory (a plain
+    file name: anyone can load exactly the served model and attack it white-box);
+    ``source_checkpoint`` says where it was trained. Directories exported before weights
+    were bundled name the source path in ``checkpoint``; ``bundled`` tells them apart."""
 
     architecture: str
     model_kwargs: dict[str, Any]
     checkpoint: str
     checkpoint_sha256: str = Field(pattern=SHA256)
+    checkpoint_bytes: int | None = Field(default=None, ge=0)
+    source_checkpoint: str | None = None
+    source_checkpoint_sha256: str | None = Field(default=None, pattern=SHA256)
     neurons: NeuronSettings | None = None
+
+    @property
+    def bundled(self) -> bool:
+        return is_plain_file_name(self.checkpoint)
 
 
 class ModelRecords(_Model):
@@ -276,6 +288,11 @@ def _first_error(exc: ValueError) -> str:
         where = ".".join(str(p) for p in first["loc"])
         return f"{where}: {first['msg']}" if where else first["msg"]
     return str(exc)
+
+
+def is_plain_file_name(text: str) -> bool:
+    """A file directly inside the model directory: no separators, not ``.``/``..``."""
+    return bool(text) and "/" not in text and "\\" not in text and text not in (".", "..")
 
 
 def is_sample_id(text: str) -> bool:

@@ -2,7 +2,8 @@
 
 The steps, each in its own module: the graphs are built and exported (``graphs``), ONNX
 Runtime is checked against PyTorch and the accuracies measured (``parity``), the demo
-samples are written (``training/samples``), and then — once, with everything it lists in
+samples are written (``training/samples``) with the weights (weights-only safetensors, so
+anyone can attack exactly the served model), and then — once, with everything it lists in
 place — the manifest (``contract.Manifest``). All of it happens in a staging directory
 beside ``out`` that replaces ``out`` by renames, so a reader sees the old model or the new
 one, never half of either.
@@ -26,13 +27,14 @@ from contract import (
     GRAPH_FILES,
     GRAPH_OUTPUTS,
     IMAGE_INPUT,
+    WEIGHT_FILES,
     Manifest,
     SampleRecord,
     sha256_file,
     write_manifest,
 )
 
-from ..checkpoint import load_model, resolve_checkpoint
+from ..checkpoint import load_model, resolve_checkpoint, save_checkpoint
 from ..data import DatasetInfo, dataset_info, load_split
 from ..errors import UsageError
 from ..models import is_classifier
@@ -61,14 +63,25 @@ class Checkpoint:
             raise UsageError(f"{flag} holds a {meta['model']!r}, not a {kind}")
         return cls(model, meta, resolved)
 
-    def record(self) -> dict[str, Any]:
-        """The manifest's ``models.<role>`` entry."""
+    def bundle(self, directory: Path, role: str) -> Path:
+        """Writes the weights (no optimizer state) as ``directory/<role>.safetensors``."""
+        path = directory / WEIGHT_FILES[role]
+        meta = {k: v for k, v in self.meta.items() if k not in ("model", "model_kwargs")}
+        meta = {**meta, "source_checkpoint": str(self.path)}
+        save_checkpoint(path, self.model, meta)
+        return path
+
+    def record(self, bundled: Path) -> dict[str, Any]:
+        """The manifest's ``models.<role>`` entry for the weights bundled at ``bundled``."""
         meta = self.meta
         return {
             "architecture": meta["model"],
             "model_kwargs": meta["model_kwargs"],
-            "checkpoint": str(self.path),
-            "checkpoint_sha256": sha256_file(self.path),
+            "checkpoint": bundled.name,
+            "checkpoint_sha256": sha256_file(bundled),
+            "checkpoint_bytes": bundled.stat().st_size,
+            "source_checkpoint": str(self.path),
+            "source_checkpoint_sha256": sha256_file(self.path),
             **{k: v for k, v in meta.items() if k not in ("model", "model_kwargs", "config")},
             "neurons": neuron_settings(self.model),
         }
@@ -155,7 +168,10 @@ def build_manifest(
         },
         "neurons": neuron_settings(classifier.model),
         "files": {"purifier": file_entry("purifier"), "classifier": file_entry("classifier")},
-        "models": {"classifier": classifier.record(), "purifier": purifier.record()},
+        "models": {
+            role: checkpoint.record(directory / WEIGHT_FILES[role])
+            for role, checkpoint in (("classifier", classifier), ("purifier", purifier))
+        },
         "training": {
             "classifier": classifier.meta.get("config"),
             "purifier": purifier.meta.get("config"),
@@ -233,6 +249,8 @@ def export_model(
             parity = check_parity(c_graph, p_graph, c_session, p_session, images[:PARITY_IMAGES])
         if parity.problems():
             raise UsageError("ONNX export failed verification: " + "; ".join(parity.problems()))
+        classifier.bundle(staging, "classifier")
+        purifier.bundle(staging, "purifier")
         metrics = ort_accuracy(c_session, p_session, images, labels, batch_size)
         if robust_metrics:
             metrics["robust"] = robust_metrics

@@ -97,7 +97,56 @@ def test_packaging_lists_the_samples_it_is_given(tiny_build: Path, model_dir_cop
     write_manifest(model_dir_copy, manifest)
     checked, problems = validate_model_dir(model_dir_copy)
     assert problems == [] and [s.id for s in checked.samples] == ["00-clean"]
-    assert checked.models.classifier.checkpoint_sha256 == sha256_file(classifier.path)
+    bundled = checked.models.classifier
+    assert bundled.checkpoint == "classifier.safetensors" and bundled.bundled
+    assert bundled.checkpoint_sha256 == sha256_file(model_dir_copy / "classifier.safetensors")
+    assert bundled.source_checkpoint_sha256 == sha256_file(classifier.path)
+
+
+def test_the_bundled_weights_rebuild_the_served_graphs(tiny_model_dir: Path):
+    """Anyone can attack exactly the served model: the weights in the directory give the
+    logits and the purified image the ONNX graphs give, and the network fires."""
+    from contract import load_manifest
+    from training.checkpoint import load_model
+    from training.export.parity import ort_session
+
+    manifest = load_manifest(tiny_model_dir)
+    classifier, _ = load_model(tiny_model_dir / manifest.models.classifier.checkpoint)
+    purifier, _ = load_model(tiny_model_dir / manifest.models.purifier.checkpoint)
+    classifier.eval(), purifier.eval()
+    x = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    c_session = ort_session(tiny_model_dir / "classifier.onnx")
+    p_session = ort_session(tiny_model_dir / "purifier.onnx")
+    with torch.no_grad():
+        purified = purifier(x)[0]
+        logits = classifier(x)
+    onnx_purified = p_session.run(["purified"], {"image": x.numpy()})[0]
+    onnx_logits = c_session.run(["logits"], {"image": x.numpy()})[0]
+    assert np.abs(onnx_purified - purified.numpy()).max() < 1e-4
+    assert np.abs(onnx_logits - logits.numpy()).max() < 1e-3
+    assert logits.std(0).max() > 0  # the output depends on the input
+    assert not any(k.startswith("optim.") for k in _tensor_names(tiny_model_dir))
+
+
+def _tensor_names(model_dir: Path) -> list[str]:
+    from safetensors import safe_open
+
+    names = []
+    for role in ("classifier", "purifier"):
+        with safe_open(str(model_dir / f"{role}.safetensors"), "pt") as f:
+            names += list(f.keys())
+    return names
+
+
+def test_missing_or_unbundled_weights_are_reported(model_dir_copy: Path):
+    (model_dir_copy / "purifier.safetensors").unlink()
+    path = model_dir_copy / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["models"]["classifier"]["checkpoint"] = "runs/elsewhere/best.safetensors"
+    path.write_text(json.dumps(manifest))
+    _, problems = validate_model_dir(model_dir_copy)
+    assert any("classifier weights are not in the directory" in p for p in problems), problems
+    assert any("purifier weights" in p and "missing" in p for p in problems), problems
 
 
 @pytest.mark.parametrize("flag", ["--classifier", "--purifier"])
