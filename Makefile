@@ -22,7 +22,7 @@ FUZZ_REPORT := test-artifacts/fuzz.json
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: help install system-packages test lint format serve bench bench-models deploy-check e2e soak fuzz
+.PHONY: help install system-packages test lint format serve bench bench-models deploy-check e2e soak fuzz study study-status
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' \
@@ -82,6 +82,16 @@ e2e: $(INSTALLED) system-packages ## the demo page in headless Chromium (tests/e
 
 soak: $(INSTALLED) system-packages ## 64 clients for 60 s through the nginx gateway on 127.0.0.1 (bench/soak.py -> docs/soak.md)
 	$(BIN)/python bench/soak.py $(if $(SOAK_MODEL_DIR),--model-dir $(SOAK_MODEL_DIR))
+
+# make study: the study's remaining stages on one torch thread, each epoch and result committed
+STUDY_PRESET ?= cpu-fashion-mnist
+STUDY_FLAGS ?=
+study: $(INSTALLED) system-packages ## continue the study in studies/$(STUDY_PRESET)/, committing as it goes
+	OMP_NUM_THREADS=1 $(BIN)/python -m training reproduce --preset $(STUDY_PRESET) --commit \
+		--no-progress $(STUDY_FLAGS)
+
+study-status: $(INSTALLED) ## each study stage: done / partial / pending / cut, core-seconds used and left
+	$(BIN)/python -m training reproduce --preset $(STUDY_PRESET) --status
 
 fuzz: $(INSTALLED) system-packages ## schemathesis and Hypothesis with the `fuzz` profile's example counts (tests/reliability)
 	mkdir -p $(dir $(FUZZ_REPORT))
