@@ -6,6 +6,10 @@ batch holds ``max_batch_size`` images or ``batch_wait_ms`` has passed since the 
 taken, and runs the batch in a dedicated worker thread so the event loop keeps accepting
 and decoding requests meanwhile. A full queue refuses new jobs at once (``Overloaded``)
 instead of letting latency grow without bound.
+
+A job names the model it runs on (the ``Runtime`` its request started with): a batch holds
+jobs of one model only, so a reload that swaps the model never runs a request's images
+through another model than the one whose class names and version answer it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +41,7 @@ class Job:
     purify: bool
     classify: bool
     future: asyncio.Future = field(repr=False)
+    model: Any = field(default=None, repr=False)  # run_batch's first argument
     enqueued: float = field(default_factory=time.perf_counter)
 
     @property
@@ -50,7 +56,8 @@ class JobResult:
     queue_seconds: float
 
 
-RunBatch = Callable[[np.ndarray, np.ndarray, np.ndarray], StageResult]
+# run_batch(model, images [n, C, H, W], purify mask [n], classify mask [n])
+RunBatch = Callable[[Any, np.ndarray, np.ndarray, np.ndarray], StageResult]
 
 
 class MicroBatcher:
@@ -97,11 +104,18 @@ class MicroBatcher:
         return self._queue.qsize() + (1 if self._carried else 0)
 
     async def submit(
-        self, images: np.ndarray, *, purify: bool, classify: bool, timeout: float
+        self,
+        images: np.ndarray,
+        *,
+        purify: bool,
+        classify: bool,
+        timeout: float,
+        model: Any = None,
     ) -> JobResult:
-        """Queues ``images`` and waits for their results. Raises ``Overloaded`` when the
-        queue is full and ``TimeoutError`` after ``timeout`` seconds."""
-        job = Job(images, purify, classify, asyncio.get_running_loop().create_future())
+        """Queues ``images`` to run on ``model`` and waits for their results. Raises
+        ``Overloaded`` when the queue is full and ``TimeoutError`` after ``timeout`` seconds."""
+        future = asyncio.get_running_loop().create_future()
+        job = Job(images, purify, classify, future, model)
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
@@ -144,7 +158,7 @@ class MicroBatcher:
             job = await self._next_job(deadline)
             if job is None:
                 break
-            if images + job.size > self.max_batch_size:
+            if images + job.size > self.max_batch_size or job.model is not first.model:
                 self._carried = job
                 break
             jobs.append(job)
@@ -166,7 +180,7 @@ class MicroBatcher:
             self._metrics.batch_size.observe(len(images))
             try:
                 result = await loop.run_in_executor(
-                    self._executor, self._run_batch, images, purify, classify
+                    self._executor, self._run_batch, jobs[0].model, images, purify, classify
                 )
             except Exception as exc:
                 log.exception("inference failed on a batch of %d images", len(images))

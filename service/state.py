@@ -3,7 +3,12 @@ batcher. Loading runs in the background so that liveness answers while a model l
 model that fails to load leaves the service up and not ready, with the reason.
 
 ``reload()`` (SIGHUP) loads the model directory again with every check of the first load;
-a model that fails one is never used, and the one before keeps serving."""
+a model that fails one is never used, and the one before keeps serving.
+
+One model per request: the ``Runtime`` (sessions, manifest: class names, version) is one
+object, replaced by a reload in a single assignment. A request takes it once
+(``require_ready``) and passes it to ``infer``, whose batch runs on that same object, so
+its answer never mixes the labels or version of one model with the outputs of another."""
 
 from __future__ import annotations
 
@@ -66,12 +71,12 @@ class ServiceState:
         self.metrics.ready.set(1)
         self.status, self.reason = "ready", "ready"
 
+    @staticmethod
     def _run_batch(
-        self, images: np.ndarray, purify: np.ndarray, classify: np.ndarray
+        runtime: Runtime, images: np.ndarray, purify: np.ndarray, classify: np.ndarray
     ) -> StageResult:
-        """The batcher's runner: whichever runtime is current when a batch starts."""
-        assert self.runtime is not None
-        return self.runtime.run(images, purify, classify)
+        """The batcher's runner: the runtime the batch's requests started with."""
+        return runtime.run(images, purify, classify)
 
     def _publish_model_info(self, runtime: Runtime) -> None:
         manifest = runtime.manifest
@@ -92,9 +97,10 @@ class ServiceState:
     async def reload(self) -> bool:
         """Loads ``settings.model_dir`` again: manifest, every file's sha256 against it, the
         sessions and a warm-up batch. Only a model that passes all of them, with the input
-        shape and class count of the one serving, replaces it (from the next batch on);
-        otherwise the current model keeps serving and the reason is logged and counted.
-        A service whose first load failed tries that load again. Returns success."""
+        shape and class count of the one serving, replaces it: requests that start after
+        the swap use it, those already started finish on the one they took. Otherwise the
+        current model keeps serving and the reason is logged and counted. A service whose
+        first load failed tries that load again. Returns success."""
         if self.status == "loading":
             log.warning("reload ignored: the model is still loading")
             return False
@@ -146,8 +152,11 @@ class ServiceState:
             )
         return self.runtime
 
-    async def infer(self, images: np.ndarray, *, purify: bool, classify: bool) -> JobResult:
-        """Runs ``images`` [n, C, H, W] through the batcher and records per-image metrics."""
+    async def infer(
+        self, runtime: Runtime, images: np.ndarray, *, purify: bool, classify: bool
+    ) -> JobResult:
+        """Runs ``images`` [n, C, H, W] on ``runtime`` (the one ``require_ready`` gave the
+        request) through the batcher and records per-image metrics."""
         self.require_ready()
         assert self.batcher is not None
         try:
@@ -156,6 +165,7 @@ class ServiceState:
                 purify=purify,
                 classify=classify,
                 timeout=self.settings.inference_timeout_s,
+                model=runtime,
             )
         except Overloaded as exc:
             raise APIError(503, "queue_full", str(exc), {"Retry-After": RETRY_AFTER_S}) from None

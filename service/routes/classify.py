@@ -67,7 +67,7 @@ async def classify_image(
 ) -> ClassifyResponse:
     start = time.perf_counter()
     image, decode_s = await read_upload(file, service, runtime)
-    job = await service.infer(image.pixels[None], purify=purify, classify=True)
+    job = await service.infer(runtime, image.pixels[None], purify=purify, classify=True)
     result = job.result
     assert result.logits is not None and result.classifier_spikes is not None
     probabilities = softmax(result.logits[0].astype(np.float64))

@@ -20,15 +20,16 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz")
 async def readyz(service: ServiceDep) -> JSONResponse:
     """200 once the model is loaded and warmed up; 503 with the reason otherwise."""
-    if not service.ready or service.runtime is None:
+    runtime = service.runtime  # once: a reload may replace it meanwhile
+    if not service.ready or runtime is None:
         return error_response(
             503, "not_ready", f"{service.status}: {service.reason}", {"Retry-After": "5"}
         )
-    manifest = service.runtime.manifest
+    manifest = runtime.manifest
     return JSONResponse(
         {
             "status": "ready",
             "model": {"name": manifest.name, "version": manifest.version},
-            "providers": service.runtime.providers,
+            "providers": runtime.providers,
         }
     )

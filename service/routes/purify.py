@@ -40,7 +40,7 @@ async def purify_image(
     ] = "purified",
 ) -> Response:
     image, _ = await read_upload(file, service, runtime)
-    job = await service.infer(image.pixels[None], purify=True, classify=False)
+    job = await service.infer(runtime, image.pixels[None], purify=True, classify=False)
     result = job.result
     assert result.purified is not None and result.noise_map is not None
     target = image.original_size if size == "original" else None

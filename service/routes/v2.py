@@ -197,7 +197,7 @@ async def infer(
     unknown = [w for w in wanted if w not in available]
     if unknown:
         raise APIError(422, "invalid_output", f"unknown outputs {unknown}; available: {available}")
-    job = await service.infer(images, purify=purify, classify=True)
+    job = await service.infer(runtime, images, purify=purify, classify=True)
     result = job.result
     n = len(images)
     tensors = {

@@ -17,7 +17,7 @@ from service.runtime import StageResult
 def echo_batch(calls: list[int], gate: threading.Event | None = None):
     """A stand-in model: logits = the image's mean; records each batch's size."""
 
-    def run(images, purify, classify):
+    def run(model, images, purify, classify):
         if gate is not None:
             gate.wait(5)
         calls.append(len(images))
