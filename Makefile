@@ -22,7 +22,10 @@ FUZZ_REPORT := test-artifacts/fuzz.json
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: help install system-packages test lint format serve bench bench-models deploy-check e2e soak fuzz study study-status
+# make serve-cpu-check: a second environment with the serve-cpu extra (ONNX Runtime's CPU wheel)
+SERVE_CPU_VENV := .venv-serve-cpu
+
+.PHONY: help install system-packages test lint format serve bench bench-models deploy-check e2e soak fuzz study study-status serve-cpu-check
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' \
@@ -52,10 +55,25 @@ system-packages: ## install the Debian packages in DEBIAN_PACKAGES that are miss
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
-test: $(INSTALLED) system-packages ## lint, check formatting and run the tests
+test: $(INSTALLED) system-packages ## lint, check formatting, run the tests, then the service tests on the serve-cpu extra
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
+	$(MAKE) serve-cpu-check
+
+# The serve-cpu extra installs on its own (pip resolves it in an environment without the GPU
+# wheel), and tests/service pass on it. The test tools (pytest, httpx, torch for the tiny
+# test model) come from $(VENV): its site-packages is appended to the second environment's
+# path by a .pth file, so every package the extra installs, onnxruntime above all, wins.
+serve-cpu-check: $(INSTALLED) ## tests/service on the serve-cpu extra (onnxruntime, not onnxruntime-gpu)
+	test -x $(SERVE_CPU_VENV)/bin/python || $(PYTHON) -m venv $(SERVE_CPU_VENV)
+	$(SERVE_CPU_VENV)/bin/python -m pip install -q '.[serve-cpu]'
+	$(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' \
+		> "$$($(SERVE_CPU_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/spikeguard-dev-tools.pth"
+	$(SERVE_CPU_VENV)/bin/python -c 'import onnxruntime, importlib.metadata as m; \
+		assert m.version("onnxruntime") and "CUDAExecutionProvider" not in onnxruntime.get_available_providers(); \
+		print("onnxruntime", onnxruntime.__version__, onnxruntime.__file__)'
+	$(SERVE_CPU_VENV)/bin/python -m pytest tests/service
 
 lint: $(INSTALLED) ## ruff lint and format check
 	$(BIN)/ruff check .

@@ -18,6 +18,20 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+# Upload pixel limit derived from the model's input: a photo may be up to this many times
+# the model's side in each direction (28x28: 3584x3584, 12.8 Mpx, more than a 12 Mpx
+# phone photo), and never under the floor nor over the cap.
+DOWNSCALE_PER_SIDE = 128
+MIN_DERIVED_PIXELS = 4_000_000
+MAX_DERIVED_PIXELS = 40_000_000
+
+
+def default_max_pixels(height: int, width: int) -> int:
+    """The upload pixel limit for a model whose input is ``height`` x ``width``."""
+    derived = height * width * DOWNSCALE_PER_SIDE**2
+    return min(max(derived, MIN_DERIVED_PIXELS), MAX_DERIVED_PIXELS)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SPIKEGUARD_", env_file=".env", extra="ignore", protected_namespaces=()
@@ -38,7 +52,33 @@ class Settings(BaseSettings):
     )
     queue_size: int = Field(256, ge=1, description="requests waiting for inference")
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
-    max_pixels: int = Field(40_000_000, ge=1, description="width * height of an upload")
+    max_pixels: int | None = Field(
+        None,
+        ge=1,
+        description="width * height of an upload; unset: derived from the model's input "
+        "size (default_max_pixels)",
+    )
+    max_infer_body_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="body of a V2 infer request; unset: derived from the model's input size "
+        "and max_batch_size (service.v2_codec.default_body_limit)",
+    )
+    reject_drain_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=0,
+        description="a request refused before its body was read (413, 503, ...): how many "
+        "more body bytes are read and discarded so that a client that writes its whole body "
+        "before reading gets the answer; past it the connection is closed",
+    )
+    reject_drain_s: float = Field(
+        5.0, ge=0, description="how long that discarding may take before the connection closes"
+    )
+    docs: bool = Field(
+        True,
+        description="serve /docs, /redoc and /openapi.json (the compose stack and the "
+        "Kubernetes manifests turn them off)",
+    )
     inference_timeout_s: float = Field(10.0, gt=0)
     shutdown_timeout_s: float = Field(
         20.0,

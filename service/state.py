@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 
 from .batching import JobResult, MicroBatcher, Overloaded
-from .config import Settings
+from .config import MAX_DERIVED_PIXELS, Settings, default_max_pixels
 from .errors import APIError
 from .imaging import limit_pillow_pixels
 from .metrics import Metrics
@@ -42,7 +42,7 @@ class ServiceState:
         self.batcher: MicroBatcher | None = None
         self.metrics.ready.set(0)
         self._reload_task: asyncio.Task | None = None
-        limit_pillow_pixels(settings.max_pixels)
+        limit_pillow_pixels(settings.max_pixels or MAX_DERIVED_PIXELS)
 
     @property
     def ready(self) -> bool:
@@ -144,6 +144,11 @@ class ServiceState:
         if self.batcher is not None:
             await self.batcher.stop()
         self.metrics.ready.set(0)
+
+    def max_pixels(self, runtime: Runtime) -> int:
+        """The upload pixel limit: the setting, or one derived from the model's input."""
+        manifest = runtime.manifest
+        return self.settings.max_pixels or default_max_pixels(manifest.height, manifest.width)
 
     def require_ready(self) -> Runtime:
         if not self.ready or self.runtime is None:

@@ -48,7 +48,7 @@ async def read_upload(
         channels=manifest.channels,
         size=(manifest.width, manifest.height),
         max_bytes=limit,
-        max_pixels=service.settings.max_pixels,
+        max_pixels=service.max_pixels(runtime),
     )
     pixels = header_pixels(data) if len(data) <= INLINE_DECODE_MAX_BYTES else None
     if pixels is not None and pixels <= INLINE_DECODE_MAX_PIXELS:

@@ -3,22 +3,36 @@
 The served model takes ``image`` (FP32 ``[-1, C, H, W]``, pixels in [0, 1]) and returns
 ``logits`` (FP32 ``[-1, K]``), ``classifier_spikes`` and ``purifier_spikes`` (FP32
 ``[-1]``). The request parameter ``purify`` (default true) skips the purifier when false;
-``purifier_spikes`` is then not an output.
+``purifier_spikes`` is then not an output. Bodies are JSON with or without a
+``Content-Type``, or use the binary tensor data extension (``service/v2_codec.py``);
+errors are V2's ``{"error": "<message>"}``.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-import numpy as np
-from fastapi import APIRouter, Body, Path
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Path, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 
 from .. import __version__
 from ..deps import RuntimeDep, ServiceDep
 from ..errors import APIError, error_response
 from ..runtime import Runtime
+from ..v2_codec import (
+    EXTENSIONS,
+    HEADER_LENGTH,
+    InferRequest,
+    InferResponse,
+    default_body_limit,
+    encode_response,
+    inline_schema,
+    input_array,
+    parse_request,
+    read_body,
+    wanted_outputs,
+)
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 
@@ -37,40 +51,6 @@ class ModelMetadata(BaseModel):
     platform: str
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]
-
-
-class InferInput(BaseModel):
-    name: str
-    shape: list[int]
-    datatype: str
-    data: list[Any]
-    parameters: dict[str, Any] | None = None
-
-
-class RequestOutput(BaseModel):
-    name: str
-    parameters: dict[str, Any] | None = None
-
-
-class InferRequest(BaseModel):
-    id: str | None = None
-    parameters: dict[str, Any] | None = None
-    inputs: list[InferInput] = Field(min_length=1)
-    outputs: list[RequestOutput] | None = None
-
-
-class InferOutput(BaseModel):
-    name: str
-    shape: list[int]
-    datatype: str
-    data: list[float]
-
-
-class InferResponse(BaseModel):
-    model_name: str
-    model_version: str
-    id: str | None = None
-    outputs: list[InferOutput]
 
 
 def _model(runtime: Runtime, name: str, version: str | None = None) -> None:
@@ -104,7 +84,7 @@ def _metadata(runtime: Runtime) -> ModelMetadata:
 
 @router.get("")
 async def server_metadata() -> dict[str, Any]:
-    return {"name": "spikeguard", "version": __version__, "extensions": []}
+    return {"name": "spikeguard", "version": __version__, "extensions": EXTENSIONS}
 
 
 @router.get("/health/live")
@@ -115,7 +95,8 @@ async def live() -> dict[str, bool]:
 @router.get("/health/ready")
 async def ready(service: ServiceDep) -> JSONResponse:
     if not service.ready:
-        return error_response(503, "not_ready", f"{service.status}: {service.reason}")
+        message = f"{service.status}: {service.reason}"
+        return error_response(503, "not_ready", message, path="/v2/health/ready")
     return JSONResponse({"ready": True})
 
 
@@ -140,80 +121,78 @@ async def model_ready(name: ModelName, service: ServiceDep) -> JSONResponse:
     return JSONResponse({"name": name, "ready": True})
 
 
-def _image_tensor(request: InferRequest, runtime: Runtime, max_batch: int) -> np.ndarray:
-    if len(request.inputs) != 1 or request.inputs[0].name != "image":
-        names = [i.name for i in request.inputs]
-        raise APIError(422, "invalid_input", f"expected one input named 'image', got {names}")
-    tensor = request.inputs[0]
-    if tensor.datatype != "FP32":
-        raise APIError(422, "invalid_input", f"input 'image' must be FP32, got {tensor.datatype}")
-    expected = runtime.manifest.input_shape
-    dims = ", ".join(map(str, expected))
-    if len(tensor.shape) != 4 or tuple(tensor.shape[1:]) != expected or tensor.shape[0] < 1:
-        raise APIError(
-            422,
-            "invalid_input",
-            f"input 'image' has shape {tensor.shape}; expected [N, {dims}]",
-        )
-    if tensor.shape[0] > max_batch:
-        raise APIError(
-            413,
-            "too_large",
-            f"batch of {tensor.shape[0]} images exceeds max_batch_size {max_batch}",
-        )
-    try:
-        values = np.asarray(tensor.data, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise APIError(422, "invalid_input", "input 'image' data must be numbers") from None
-    needed = int(np.prod(tensor.shape))
-    if values.size != needed:
-        raise APIError(
-            422,
-            "invalid_input",
-            f"input 'image' holds {values.size} values; shape {tensor.shape} needs {needed}",
-        )
-    values = values.reshape(tensor.shape)
-    if not np.isfinite(values).all() or values.min() < 0.0 or values.max() > 1.0:
-        raise APIError(422, "invalid_input", "input 'image' pixels must be finite and in [0, 1]")
-    return values
+INFER_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": inline_schema(InferRequest)},
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": f"binary tensor data: a JSON header of {HEADER_LENGTH} "
+                "bytes, then the raw tensors",
+            },
+        },
+    }
+}
+INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": f"the outputs (binary ones after a JSON header of {HEADER_LENGTH} bytes)",
+        "content": {"application/json": {}, "application/octet-stream": {}},
+    }
+}
 
 
-@router.post("/models/{name}/infer", response_model=InferResponse, response_model_exclude_none=True)
-async def infer(
-    name: ModelName,
-    request: Annotated[InferRequest, Body()],
-    service: ServiceDep,
-    runtime: RuntimeDep,
-) -> InferResponse:
-    _model(runtime, name)
-    images = _image_tensor(request, runtime, service.settings.max_batch_size)
-    purify = (request.parameters or {}).get("purify", True)
+async def _infer(
+    request: Request, service: ServiceDep, runtime: Runtime, name: str, version: str | None
+) -> Response:
+    _model(runtime, name, version)
+    manifest = runtime.manifest
+    limit = service.settings.max_infer_body_bytes or default_body_limit(
+        manifest.input_shape, service.settings.max_batch_size
+    )
+    body = await read_body(request, limit)
+    infer_request, binary = parse_request(body, request.headers.get(HEADER_LENGTH))
+    images = input_array(
+        infer_request, binary, manifest.input_shape, service.settings.max_batch_size
+    )
+    purify = (infer_request.parameters or {}).get("purify", True)
     if not isinstance(purify, bool):
         raise APIError(
             422, "invalid_parameters", f"parameter 'purify' must be a boolean, got {purify!r}"
         )
     available = ["logits", "classifier_spikes"] + (["purifier_spikes"] if purify else [])
-    wanted = [o.name for o in request.outputs] if request.outputs else available
-    unknown = [w for w in wanted if w not in available]
-    if unknown:
-        raise APIError(422, "invalid_output", f"unknown outputs {unknown}; available: {available}")
-    job = await service.infer(runtime, images, purify=purify, classify=True)
-    result = job.result
-    n = len(images)
+    wanted = wanted_outputs(infer_request, available)
+    result = (await service.infer(runtime, images, purify=purify, classify=True)).result
     tensors = {
-        "logits": (result.logits, [n, runtime.manifest.num_classes]),
-        "classifier_spikes": (result.classifier_spikes, [n]),
-        "purifier_spikes": (result.purifier_spikes, [n]),
+        "logits": result.logits,
+        "classifier_spikes": result.classifier_spikes,
+        "purifier_spikes": result.purifier_spikes,
     }
-    outputs = [
-        InferOutput(
-            name=w, shape=tensors[w][1], datatype="FP32", data=tensors[w][0].ravel().tolist()
-        )
-        for w in wanted
-    ]
-    return InferResponse(
-        model_name=runtime.manifest.name,
-        model_version=runtime.manifest.version,
-        id=request.id,
-        outputs=outputs,
-    )
+    head = {"model_name": manifest.name, "model_version": manifest.version}
+    if infer_request.id is not None:
+        head["id"] = infer_request.id
+    return encode_response(head, [(w, tensors[w], binary) for w, binary in wanted])
+
+
+@router.post(
+    "/models/{name}/infer",
+    response_model=InferResponse,
+    responses=INFER_RESPONSES,
+    openapi_extra=INFER_OPENAPI,
+)
+async def infer(
+    name: ModelName, request: Request, service: ServiceDep, runtime: RuntimeDep
+) -> Response:
+    return await _infer(request, service, runtime, name, None)
+
+
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    response_model=InferResponse,
+    responses=INFER_RESPONSES,
+    openapi_extra=INFER_OPENAPI,
+)
+async def infer_version(
+    name: ModelName, version: str, request: Request, service: ServiceDep, runtime: RuntimeDep
+) -> Response:
+    return await _infer(request, service, runtime, name, version)

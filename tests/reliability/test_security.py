@@ -211,11 +211,15 @@ def test_the_model_directory_is_a_setting_not_a_parameter() -> None:
 # --- bodies bounded before they are buffered or spooled -----------------------------------
 
 
-def test_a_chunked_body_is_refused_before_it_is_read_past_the_limit() -> None:
+@pytest.mark.parametrize("drain", [0, 1 << 20])
+def test_a_chunked_body_is_refused_before_it_is_read_past_the_limit(drain: int) -> None:
     """Drives the ASGI app directly with a body of no declared length that never ends:
-    the app stops pulling it within one chunk of the limit and answers 413."""
+    the app stops pulling it within one chunk of the limit (plus ``reject_drain_bytes``
+    read and discarded so that the client can read the answer) and answers 413 with
+    ``Connection: close``."""
     limit = 100_000
-    app = create_app(Settings(max_upload_bytes=limit))  # no model needed: the body comes first
+    # no model needed: the body comes first
+    app = create_app(Settings(max_upload_bytes=limit, reject_drain_bytes=drain))
     chunk = b"\0" * 65536
     pulled = 0
     head = (
@@ -260,4 +264,5 @@ def test_a_chunked_body_is_refused_before_it_is_read_past_the_limit() -> None:
     body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
     assert start["status"] == 413, body
     assert b'"too_large"' in body
-    assert pulled <= limit + UPLOAD_OVERHEAD_BYTES + len(chunk), pulled
+    assert (b"connection", b"close") in start["headers"]
+    assert pulled <= limit + UPLOAD_OVERHEAD_BYTES + len(chunk) + drain, pulled

@@ -62,12 +62,13 @@ def fashion_png(fashion_images) -> bytes:
 
 @pytest.fixture
 def start_server(tiny_model_dir: Path, tmp_path: Path) -> Iterator[Callable[..., str]]:
-    """``start_server(**env)``: a real ``python -m service`` on 127.0.0.1:<free port>,
-    ready; returns its base URL. Extra settings go in as SPIKEGUARD_* variables."""
+    """``start_server(wait=True, **env)``: a real ``python -m service`` on
+    127.0.0.1:<free port>, ready (or, ``wait=False``, live); returns its base URL. Extra
+    settings go in as SPIKEGUARD_* variables."""
     processes: list[subprocess.Popen] = []
     logs = []
 
-    def start(**settings) -> str:
+    def start(wait: bool = True, **settings) -> str:
         port = free_port()
         env = {
             **os.environ,
@@ -89,7 +90,7 @@ def start_server(tiny_model_dir: Path, tmp_path: Path) -> Iterator[Callable[...,
         url = f"http://127.0.0.1:{port}"
         try:
             with httpx.Client(base_url=url, timeout=5) as http:
-                wait_ready(http.get)
+                wait_ready(http.get, path="/readyz" if wait else "/healthz")
         except AssertionError:
             process.terminate()
             raise AssertionError((tmp_path / f"service-{port}.log").read_text()) from None

@@ -17,13 +17,15 @@ REPO = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 60.0
 
 
-def wait_ready(get: Callable[[str], httpx.Response], timeout: float = READY_TIMEOUT_S) -> None:
-    """Polls /readyz until 200; fails with the last reason otherwise."""
+def wait_ready(
+    get: Callable[[str], httpx.Response], timeout: float = READY_TIMEOUT_S, path: str = "/readyz"
+) -> None:
+    """Polls ``path`` (/readyz) until 200; fails with the last reason otherwise."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
         try:
-            last = get("/readyz")
+            last = get(path)
             if last.status_code == 200:
                 return
         except httpx.TransportError as exc:
