@@ -1,15 +1,19 @@
 # spikeguard inference service: ONNX Runtime behind FastAPI/uvicorn, no torch.
 #
 #   GPU (default): docker build -t spikeguard:gpu .
-#   CPU:           docker build -t spikeguard:cpu --build-arg BASE_IMAGE=ubuntu:24.04 .
+#   CPU:           docker build -t spikeguard:cpu --build-arg BASE_IMAGE=ubuntu:24.04 \
+#                      --build-arg EXTRA=serve-cpu .
 #   Other model:   --build-arg MODEL=<name> bakes models/<name>/ instead of fashion-mnist.
 #
 # onnxruntime-gpu 1.31 is built for CUDA 13.0 and cuDNN 9, hence the CUDA 13.0 cuDNN runtime
 # base. Both bases are Ubuntu 24.04, so the virtualenv built below (Python 3.12) runs on
 # either unchanged; on the CPU base ONNX Runtime uses its CPU execution provider.
 ARG BASE_IMAGE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04
+# `serve` (onnxruntime-gpu) or `serve-cpu` (onnxruntime, the CPU wheel: a much smaller image)
+ARG EXTRA=serve
 
 FROM ubuntu:24.04 AS build
+ARG EXTRA
 ENV DEBIAN_FRONTEND=noninteractive \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -27,9 +31,9 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY contract/ contract/
 COPY service/ service/
-# Every dependency is pinned in pyproject.toml's `serve` extra.
+# Every dependency is pinned in pyproject.toml's `serve` and `serve-cpu` extras.
 # hadolint ignore=DL3013
-RUN pip install ".[serve]" \
+RUN pip install ".[${EXTRA}]" \
     && python -m compileall -q /opt/venv
 
 FROM ${BASE_IMAGE} AS runtime

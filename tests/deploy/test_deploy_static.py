@@ -224,8 +224,26 @@ def test_dockerfile_runtime_stage() -> None:
     assert "/readyz" in healthcheck.group(2)
     instructions = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
     installs = re.findall(r"pip install (.+?)(?:\s*\\|$)", instructions, re.MULTILINE)
-    assert installs == ['".[serve]"'], "the image installs the serve extra only (no torch)"
+    assert installs == ['".[${EXTRA}]"'], "the image installs one serve extra only (no torch)"
+    assert _dockerfile_arg_default("EXTRA") == "serve"
     assert "torch" not in instructions.lower()
+
+
+def test_the_cpu_image_installs_the_cpu_wheel(compose_services: dict) -> None:
+    """serve-cpu is serve with onnxruntime for onnxruntime-gpu, same version; compose's CPU
+    image installs it, the GPU override the GPU wheel."""
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    gpu, cpu = set(extras["serve"]), set(extras["serve-cpu"])
+    (gpu_wheel,) = gpu - cpu
+    (cpu_wheel,) = cpu - gpu
+    assert gpu_wheel.startswith("onnxruntime-gpu==")
+    assert cpu_wheel == gpu_wheel.replace("onnxruntime-gpu", "onnxruntime")
+    assert not any("torch" in requirement for requirement in gpu | cpu)
+    assert compose_services["api"]["build"]["args"]["EXTRA"] == "serve-cpu"
+    gpu_api = _compose_config(COMPOSE, COMPOSE_GPU)["services"]["api"]
+    assert gpu_api["build"]["args"]["EXTRA"] == "serve"
 
 
 def test_dockerignore_admits_what_the_dockerfile_copies() -> None:
