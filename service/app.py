@@ -77,7 +77,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         RequestMetricsMiddleware,
         metrics=service.metrics,
-        max_body_bytes=settings.max_upload_bytes + UPLOAD_OVERHEAD_BYTES,
+        # an upload with its framing, or a V2 infer body when that limit is set higher
+        max_body_bytes=max(
+            settings.max_upload_bytes + UPLOAD_OVERHEAD_BYTES, settings.max_infer_body_bytes or 0
+        ),
         drain_bytes=settings.reject_drain_bytes,
         drain_seconds=settings.reject_drain_s,
     )

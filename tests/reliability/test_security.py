@@ -38,7 +38,17 @@ UNSAFE_LOADING = re.compile(
     """,
     re.VERBOSE,
 )
-SKIPPED_DIRS = {".git", ".venv", ".cache", "runs", "results", "build", "dist", "__pycache__"}
+SKIPPED_DIRS = {
+    ".git",
+    ".venv",
+    ".venv-serve-cpu",
+    ".cache",
+    "runs",
+    "results",
+    "build",
+    "dist",
+    "__pycache__",
+}
 SCANNED_SUFFIXES = {".py", ".sh", ".toml", ".cfg", ".ini", ".yml", ".yaml", ".ipynb"}
 
 
