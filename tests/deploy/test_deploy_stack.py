@@ -127,6 +127,12 @@ def test_gateway_rejects_large_bodies(gateway: Gateway, service: str, client: ht
     assert "gateway" in response.json()["error"]["message"]
     assert response.headers["x-content-type-options"] == "nosniff"
     assert rejected_too_large(client, service) == before
+    # on a V2 route, V2's error shape, which V2 clients read
+    response = client.post(
+        f"{gateway.url}/v2/models/any/infer", content=b"\0" * (11 * 1024 * 1024 + 1)
+    )
+    assert response.status_code == 413 and "gateway" in response.json()["error"]
+    assert rejected_too_large(client, service) == before
 
     # Between the service's limit (10 MiB) and the gateway's: the service's own 413 passes.
     response = client.post(

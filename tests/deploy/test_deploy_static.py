@@ -373,10 +373,15 @@ def test_nginx_config_guards_the_api() -> None:
     for status in (413, 429, 502, 503, 504):
         named = re.search(rf"error_page {status} @(\w+);", text)
         assert named, f"no JSON error page for {status}"
-        body = re.search(rf"location @{named[1]} {{\s*return {status} '(.+)\\n';", text)
-        assert body, f"@{named[1]} does not return {status}"
-        error = json.loads(body[1])["error"]
+        block = re.search(rf"location @{named[1]} {{(.+?)\n        }}", text, re.DOTALL)
+        assert block, f"no location @{named[1]}"
+        returns = re.findall(rf"return {status} '(.+)\\n';", block[1])
+        assert len(returns) == 2, f"@{named[1]} does not return {status} in both shapes"
+        v2, own = (json.loads(body) for body in returns)
+        error = own["error"]
         assert set(error) == {"code", "message"} and error["code"] and error["message"]
+        # on the V2 routes, V2's shape with the same message
+        assert '$uri ~ "^/v2(/|$)"' in block[1] and v2 == {"error": error["message"]}
     for header in ("X-Content-Type-Options", "X-Frame-Options", "Content-Security-Policy"):
         assert re.search(rf"add_header {header} .+ always;", text), header
 
