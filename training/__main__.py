@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "adv-train": ("training.train", "PGD adversarial training of a classifier (the baseline)"),
     "train-purifier": ("training.train", "train the purifier against a classifier (Algorithm 1)"),
     "evaluate": ("training.evaluate", "attack and evaluate defences under several threat models"),
+    "detect": ("training.detection.cli", "the purifier's noise level as an attack detector"),
     "export": ("training.export.cli", "export purifier + classifier to ONNX with a manifest"),
     "validate-model": ("training.export.cli", "check a model directory against the contract"),
     "reproduce": ("training.reproduce", "run the paper's whole study, resumably"),
