@@ -101,6 +101,16 @@ def validate(config: DetectionConfig) -> None:
         raise UsageError("--steps and --adaptive-steps must be >= 1")
 
 
+def _resolve_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise UsageError(f"bad --device {name!r}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
@@ -214,12 +224,7 @@ def run_detection(
     from ..data import load_split
 
     validate(config)
-    try:
-        device = torch.device(config.device)
-    except RuntimeError as exc:
-        raise UsageError(f"bad --device {config.device!r}: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {config.device}: CUDA is not available on this machine")
+    device = _resolve_device(config.device)
     loaded = _load(config, device)
     dataset = config.dataset or loaded["classifier"][1].get("dataset")
     if not dataset:
