@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("training.export.cli", "export purifier + classifier to ONNX with a manifest"),
     "validate-model": ("training.export.cli", "check a model directory against the contract"),
     "reproduce": ("training.reproduce", "run the paper's whole study, resumably"),
+    "results-page": ("training.results_page.cli", "render docs/results.md from a study"),
 }
 
 

@@ -6,6 +6,6 @@ keeps the noise level low; ``suite.py``: ``run_detection(DetectionConfig(...))``
 resumable JSON per setting; ``cli.py``: the command.
 """
 
-from .suite import DetectionConfig, run_detection
+from .suite import DetectionConfig, run_detection, study_config
 
-__all__ = ["DetectionConfig", "run_detection"]
+__all__ = ["DetectionConfig", "run_detection", "study_config"]

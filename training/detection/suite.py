@@ -376,3 +376,24 @@ def summarise(results: list[dict[str, Any]], clean: _Clean, config: DetectionCon
         "results": rows,
         "best_alternative": best,
     }
+
+
+def study_config(
+    study: str | Path,
+    name: str,
+    classifier: str = "clf-k3",
+    purifier: str = "purifier",
+    **overrides: Any,
+) -> DetectionConfig:
+    """The detection stage ``name`` of a study directory: checkpoints from its run
+    directories ``study/<classifier>`` and ``study/<purifier>``, results under
+    ``study/eval/<name>/`` (``<purifier>/<threat model>/<setting>.json``, as the evaluation
+    files its results), the defence named after the purifier's stage."""
+    study = Path(study)
+    settings: dict[str, Any] = {
+        "classifier": str(study / classifier),
+        "purifier": str(study / purifier),
+        "out": str(study / "eval" / name),
+        "defence": purifier,
+    }
+    return DetectionConfig(**{**settings, **overrides})

@@ -13,7 +13,7 @@ import torch
 
 from training.__main__ import main
 from training.checkpoint import load_model
-from training.detection import DetectionConfig, run_detection, stats
+from training.detection import DetectionConfig, run_detection, stats, study_config
 from training.detection.attacks import NoiseAwarePipeline, noise_penalised_loss
 
 # --------------------------------------------------------------------------- statistics
@@ -248,3 +248,11 @@ def test_auc_is_the_share_of_ordered_pairs_on_small_sets():
     for neg, pos in itertools.product([[0.2, 0.5], [0.1, 0.1, 0.9]], [[0.5, 0.7], [0.1]]):
         pairs = [1.0 if p > q else 0.5 if p == q else 0.0 for p in pos for q in neg]
         assert stats.roc_auc(neg, pos) == pytest.approx(np.mean(pairs))
+
+
+def test_study_config_points_at_the_study_directories(tmp_path):
+    config = study_config(tmp_path, "detection", n=100, eps=0.05)
+    assert config.classifier == str(tmp_path / "clf-k3")
+    assert config.purifier == str(tmp_path / "purifier")
+    assert config.out == str(tmp_path / "eval" / "detection")
+    assert (config.defence, config.n, config.eps) == ("purifier", 100, 0.05)

@@ -1,0 +1,298 @@
+"""The results page rendered from a synthetic study: every number on it comes from the
+fixture, every planned row without a result says "not yet measured", and the generated
+paragraphs follow the numbers."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from training.__main__ import main
+from training.results_page import render_page
+from training.results_page.data import MISSING, load
+
+EPS = 0.1
+
+
+def _eval(
+    stage,
+    defence,
+    threat,
+    attack,
+    robust,
+    ci,
+    n=500,
+    steps=None,
+    eps=EPS,
+    clean=88.0,
+    purpose="table",
+    device="cpu",
+):
+    return {
+        "stage": stage,
+        "defence": defence,
+        "threat_model": threat,
+        "attack": attack,
+        "eps": eps,
+        "steps": steps,
+        "n": n,
+        "purpose": purpose,
+        "clean_accuracy": clean,
+        "clean_ci95": [85.1, 90.4],
+        "robust_accuracy": robust,
+        "robust_ci95": list(ci),
+        "seconds": 12.5,
+        "device": device,
+    }
+
+
+EVALUATION = [
+    _eval("headline-none", "none", "white-box", "apgd-ce", 0.0, (0.0, 0.8)),
+    _eval("headline-e2e", "purifier", "end-to-end", "apgd-ce", 28.5, (25.8, 31.4), n=1000),
+    _eval("headline-purifier", "purifier", "classifier-only", "apgd-ce", 58.5, (54.1, 62.8)),
+    _eval("headline-purifier", "purifier", "bpda", "apgd-ce", 41.2, (36.9, 45.6)),
+    _eval(
+        "headline-square",
+        "purifier",
+        "end-to-end",
+        "square",
+        17.5,
+        (12.9, 23.3),
+        n=200,
+        device="cuda: NVIDIA H200",
+    ),
+    _eval("table2", "purifier", "classifier-only", "fgsm", 71.4, (67.3, 75.2)),
+    _eval("table2", "purifier", "end-to-end", "fgsm", 44.2, (39.9, 48.6)),
+    _eval("figure5-steps", "purifier", "end-to-end", "pgd", 40.6, (36.4, 45.0), steps=5),
+    _eval("figure5-steps", "purifier", "end-to-end", "pgd", 33.8, (29.8, 38.0), steps=10),
+    _eval("figure5-steps", "purifier", "end-to-end", "pgd", 31.0, (27.1, 35.2), steps=20),
+    _eval(
+        "headline-e2e",
+        "purifier",
+        "end-to-end",
+        "pgd",
+        0.4,
+        (0.1, 1.5),
+        steps=20,
+        eps=0.5,
+        purpose="sanity-large-eps",
+    ),
+]
+
+
+def _stage(name, group, kind, state, progress, spent, left, device=""):
+    return {
+        "name": name,
+        "group": group,
+        "kind": kind,
+        "state": state,
+        "progress": progress,
+        "spent_s": spent,
+        "left_s": left,
+        "device": device,
+    }
+
+
+def _detection_files(root: Path) -> None:
+    stage = root / "eval" / "detection-purifier"
+    setting = stage / "purifier" / "end-to-end" / "apgd-ce_eps0.10000_abc.json"
+    setting.parent.mkdir(parents=True)
+    block = {
+        "auc_all": 0.61,
+        "auc_all_ci95": [0.55, 0.67],
+        "auc_fooled": 0.734,
+        "auc_fooled_ci95": [0.688, 0.780],
+        "threshold": 0.2,
+        "fpr_calibration": {"k": 12, "n": 250, "percent": 4.8, "ci95": [2.8, 8.2]},
+        "fpr_held_out": {"k": 14, "n": 250, "percent": 5.6, "ci95": [3.4, 9.2]},
+        "tpr_all": {"k": 100, "n": 500, "percent": 20.0, "ci95": [16.7, 23.7]},
+        "tpr_fooled": {"k": 90, "n": 300, "percent": 30.0, "ci95": [25.1, 35.4]},
+        "fooled_and_passed": {"k": 210, "n": 500, "percent": 42.0, "ci95": [37.8, 46.3]},
+    }
+    result = {
+        **_eval("detection-purifier", "purifier", "end-to-end", "apgd-ce", 40.0, (35.8, 44.4)),
+        "purpose": "detection",
+        "detection": {"mean": block, "q95": block},
+        "clean_scores": {"mean": [0.1, 0.2, 0.3, 0.15], "q95": [0.2, 0.3, 0.4, 0.25]},
+        "scores": {"mean": [0.3, 0.1, 0.5, 0.2], "q95": [0.4, 0.2, 0.6, 0.3]},
+        "fooled": [0, 2],
+    }
+    setting.write_text(json.dumps(result))
+    adaptive = {
+        "threshold": 0.2,
+        "clean_mean_noise_level": 0.1875,
+        "fooled_and_passed": {"k": 301, "n": 500, "percent": 60.2, "ci95": [55.8, 64.4]},
+        "by_lambda": [
+            {"lambda": 0.0, "mean_noise_level": 0.2633},
+            {"lambda": 100.0, "mean_noise_level": 0.1712},
+        ],
+    }
+    rows = [
+        {k: v for k, v in result.items() if k not in ("clean_scores", "scores", "fooled")},
+        {**result, "attack": "pgd-noise-aware", "steps": 100, "adaptive": adaptive},
+    ]
+    for row in rows:
+        row.pop("clean_scores", None), row.pop("scores", None), row.pop("fooled", None)
+    summary = {
+        "config": {"defence": "purifier", "eps": EPS, "fpr": 0.05},
+        "results": rows,
+        "best_alternative": {
+            "score": "q95",
+            "label": "95th percentile of the noise map",
+            "auc_fooled": 0.81,
+            "mean_auc_fooled": 0.734,
+        },
+    }
+    (stage / "detection.json").write_text(json.dumps(summary))
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> Path:
+    root = tmp_path / "studies" / "cpu-fashion-mnist"
+    root.mkdir(parents=True)
+    payload = {
+        "preset": "cpu-fashion-mnist",
+        "stages": [
+            _stage("clf-k3", 1, "train", "done", "epoch 16 of 16", 7200.0, 0.0, "cpu"),
+            _stage("purifier", 2, "train", "done", "epoch 5 of 5", 1800.0, 0.0, "cpu"),
+            _stage("headline-e2e", 3, "evaluate", "done", "settings 2 of 2", 2600.0, 0.0, "cpu"),
+            _stage("headline-adv", 4, "evaluate", "pending", "settings 0 of 2", 0.0, 900.0),
+            _stage("figure5-eps", 7, "evaluate", "cut", "settings 0 of 15", 0.0, 9000.0),
+        ],
+        "cut_from_plan": [{"row": "purifier-adaptive", "reason": "over the 20 core-hour budget"}],
+        "training": {
+            "clf-k3": {
+                "command": "train-classifier",
+                "train_seconds": 7200.0,
+                "best_score": 91.2,
+                "final": {"val_acc": 91.2},
+                "device": "cpu",
+            },
+            "purifier": {
+                "command": "train-purifier",
+                "train_seconds": 1800.0,
+                "best_score": 80.0,
+                "final": {},
+                "device": "cpu",
+            },
+            "clf-k3-adv": {
+                "command": "adv-train",
+                "train_seconds": 14400.0,
+                "best_score": 70.0,
+                "final": {},
+                "device": "cpu",
+            },
+        },
+        "evaluation": EVALUATION,
+    }
+    (root / "results.json").write_text(json.dumps(payload))
+    _detection_files(root)
+    return root
+
+
+@pytest.fixture
+def page(study: Path, tmp_path: Path) -> tuple[str, Path]:
+    out = tmp_path / "docs" / "results.md"
+    return render_page(study, out, tmp_path / "docs" / "results"), out
+
+
+def _line(text: str, *needles: str) -> str:
+    lines = [line for line in text.splitlines() if all(n in line for n in needles)]
+    assert lines, f"no line with {needles}"
+    return lines[0]
+
+
+def test_measured_rows_show_their_numbers_interval_and_n(page):
+    text, _ = page
+    row = _line(text, "purifier (shipped)", "end-to-end", "APGD-CE", "| 0.1 |")
+    assert "28.5 % [25.8, 31.4]" in row and "| 1000 |" in row and "88.0 %" in row
+    assert "58.5 % [54.1, 62.8]" in _line(text, "purifier (shipped)", "classifier-only", "APGD-CE")
+    assert "cuda: NVIDIA H200" in _line(text, "Square", "17.5 %")
+
+
+def test_planned_rows_without_results_say_not_yet_measured(page):
+    text, _ = page
+    for needles in (("adversarial training", "APGD-CE"), ("purifier (paper", "classifier-only")):
+        row = _line(text, *needles)
+        assert MISSING in row and "%" not in row.split("|")[6]
+    # the study's plan has about a hundred evaluation rows; the fixture measures 10 of them
+    data_rows = sum(1 for line in text.splitlines() if line.startswith("|") and MISSING in line)
+    assert data_rows > 50
+    planned = int(re.search(r"10 of (\d+) planned evaluation rows are measured", text)[1])
+    assert planned >= 100
+    # the 15 rows of the ε sweep, a stage the budget cut, say so
+    assert text.count(f"{MISSING} (stage cut)") == 15
+
+
+def test_the_paper_numbers_stand_beside_the_rows_and_are_labelled(page):
+    text, _ = page
+    assert "SVHN 89.03 · CIFAR-10 71.03 · CIFAR-100 43.21" in text  # Table 4, APGD-CE
+    assert "79.11" in text and "27.45" in text  # Table 1
+    assert "78.85" in text  # Table 3
+    assert "not on this study's fashion-mnist" in text
+
+
+def test_paragraphs_follow_the_numbers(page):
+    text, _ = page
+    assert "overstates the end-to-end robustness: 58.5 % vs 28.5 % (+30.0 points" in text
+    assert "do not overlap" in text
+    assert "stronger than every white-box attack" in text and "masked gradients" in text
+    assert "The strongest measured attack on purifier (shipped) is Square" in text
+    assert "more steps never helped the defender" in text
+    assert "87.5 % less time" in text and "93.9" in text  # 1 - 1800 / 14400
+    assert "37.5 % less" in text  # counting the classifier: 1 - (1800 + 7200) / 14400
+
+
+def test_detection_stages_and_devices(page):
+    text, _ = page
+    assert "0.734 [0.688, 0.780]" in text
+    assert "60.2 % [55.8, 64.4] of 500" in text and "42.0 % [37.8, 46.3] of 500" in text
+    assert "λ = 100: 0.1712" in text
+    assert "95th percentile of the noise map" in text and "lead, not a result" in text
+    assert "figure5-eps" in _line(text, "Cut because")
+    assert "purifier-adaptive" in text and "over the 20 core-hour budget" in text
+    assert "headline-adv" in _line(text, "Pending or partial")
+
+
+def test_plots_are_written_and_linked(page):
+    text, out = page
+    pngs = sorted(p.name for p in (out.parent / "results").glob("*.png"))
+    assert pngs == [
+        "detection_detection-purifier.png",
+        "headline.png",
+        "sweep_steps.png",
+        "training_time.png",
+    ]
+    for name in pngs:
+        assert f"](results/{name})" in text
+        assert (out.parent / "results" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "*Plot: not yet measured.*" in text  # the ε sweep has no row
+
+
+def test_a_sanity_failure_is_reported(study, tmp_path):
+    payload = json.loads((study / "results.json").read_text())
+    payload["evaluation"][-1].update(robust_accuracy=30.0, robust_ci95=[26.0, 34.3])
+    (study / "results.json").write_text(json.dumps(payload))
+    text = render_page(study, tmp_path / "r.md", tmp_path / "r")
+    assert "FAILED" in _line(text, "stays above 5 %")
+
+
+def test_an_unknown_preset_shows_the_measured_rows_only(study, tmp_path):
+    payload = json.loads((study / "results.json").read_text())
+    payload["preset"] = "no-such-preset"
+    (study / "results.json").write_text(json.dumps(payload))
+    data = load(study)
+    assert len([r for r in data.rows if r.purpose == "table"]) == 10
+    text = render_page(study, tmp_path / "r.md", tmp_path / "r")
+    assert "could not be read" in text and "28.5 % [25.8, 31.4]" in text
+
+
+def test_the_command_renders_and_refuses_a_directory_without_results(study, tmp_path, capsys):
+    out = tmp_path / "page.md"
+    assert main(["results-page", "--study", str(study), "--out", str(out)]) == 0
+    assert "28.5 %" in out.read_text() and (tmp_path / "page" / "headline.png").exists()
+    assert main(["results-page", "--study", str(tmp_path / "empty"), "--out", str(out)]) == 2
+    assert "no results.json" in capsys.readouterr().err

@@ -1,0 +1,349 @@
+"""The page's other sections: training time (Figure 4), the PGD sweeps (Figure 5), the
+noise level as a detector, and the study's stages (pending, cut, devices)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from . import paper
+from .data import MISSING, Row, StudyData, eps_key
+from .text import attack_label, cell, defence_label, pct, sort_key, table
+
+
+def _hours(seconds: float | None) -> str:
+    return MISSING if seconds is None else f"{seconds / 3600:.2f} h ({seconds:,.0f} s)"
+
+
+def training_time(data: StudyData) -> list[str]:
+    lines = ["## Training time: the purifier vs adversarial training (the paper's Figure 4)", ""]
+    names = [s["name"] for s in data.stages if s.get("kind") == "train"]
+    names += [name for name in data.training if name not in names]
+    states = {s["name"]: f"{s.get('state', '?')}, {s.get('progress', '')}" for s in data.stages}
+    body = []
+    for name in names:
+        info = data.training.get(name)
+        config = data.train_configs.get(name, {})
+        schedule = (
+            f"{config.get('epochs')} epochs, {config.get('subset') or 'all'} images"
+            if config
+            else "-"
+        )
+        body.append(
+            (
+                name,
+                info["command"] if info else "-",
+                states.get(name, "done" if info else "?"),
+                _hours(info and info.get("train_seconds")),
+                schedule,
+                (info or {}).get("device") or "-",
+            )
+        )
+    lines += (
+        table(("stage", "command", "state", "training time", "schedule", "device"), body)
+        if body
+        else ["No training stage is in results.json yet."]
+    )
+    purifier = (data.training.get("purifier") or {}).get("train_seconds")
+    adv = (data.training.get("clf-k3-adv") or {}).get("train_seconds")
+    clf = (data.training.get("clf-k3") or {}).get("train_seconds")
+    lines.append("")
+    if purifier and adv:
+        reduction = 100 * (1 - purifier / adv)
+        text = (
+            f"Training the purifier took {_hours(purifier)}, adversarial training "
+            f"{_hours(adv)}: {reduction:.1f} % less time (the paper: {paper.FIGURE4_REDUCTION} % "
+            "less on average over its three datasets)."
+        )
+        if clf:
+            both = 100 * (1 - (purifier + clf) / adv)
+            text += f" Counting the standard classifier the purifier needs, {both:.1f} % less."
+        text += (
+            " The schedules are not the same (see the table), and times on different "
+            "devices or on a shared machine do not compare directly."
+        )
+        lines.append(text)
+    else:
+        lines.append(
+            "The comparison needs both the purifier and the adversarially trained "
+            f"classifier: {MISSING}. The paper reports {paper.FIGURE4_REDUCTION} % less "
+            "training time on average."
+        )
+    return lines + [""]
+
+
+def sweep_lines(rows: list[Row], axis: str) -> dict[tuple[str, str], list[Row]]:
+    lines: dict[tuple[str, str], list[Row]] = defaultdict(list)
+    for r in rows:
+        lines[(r.defence, r.threat_model)].append(r)
+    for key in lines:
+        lines[key].sort(key=lambda r: (r.steps or 0) if axis == "steps" else (r.eps or 0.0))
+    return dict(sorted(lines.items(), key=lambda kv: sort_key(kv[1][0])))
+
+
+def sweeps(data: StudyData) -> list[str]:
+    out = ["## PGD step and ε sweeps (the paper's Figure 5)", ""]
+    for stage, axis in (("figure5-steps", "steps"), ("figure5-eps", "eps")):
+        rows = data.select(stage)
+        lines = sweep_lines(rows, axis)
+        xs = sorted({(r.steps if axis == "steps" else eps_key(r.eps)) for r in rows})
+        header = [
+            "defence",
+            "threat model",
+            *(f"{x:g}" if axis == "eps" else f"PGD-{x}" for x in xs),
+        ]
+        body = []
+        for (defence, threat), series in lines.items():
+            by_x = {(r.steps if axis == "steps" else eps_key(r.eps)): r for r in series}
+            body.append((defence_label(defence), threat, *(cell(by_x.get(x)) for x in xs)))
+        title = (
+            "robust accuracy against PGD steps" if axis == "steps" else "robust accuracy against ε"
+        )
+        out += [f"**{title}**", ""]
+        out += table(header, body) if body else ["Not in the study's plan."]
+        out += ["", " ".join(_monotone_sentences(lines, axis)) or "No sweep is measured yet.", ""]
+    out += [
+        "**The paper's figures** (Figure 5, PGD with step 2/255 on CIFAR-100 and SVHN, "
+        "read from its text): "
+        + "; ".join(paper.FIGURE5_STEPS)
+        + "; "
+        + "; ".join(
+            f"{d}: {a:.2f} % at ε = {ea * 255:.0f}/255, {b:.2f} % at ε = {eb * 255:.0f}/255"
+            for d, ((ea, a), (eb, b)) in paper.FIGURE5_EPS.items()
+        )
+        + ".",
+        "",
+    ]
+    return out
+
+
+def _monotone_sentences(lines: dict[tuple[str, str], list[Row]], axis: str) -> list[str]:
+    out = []
+    for (defence, threat), series in lines.items():
+        measured = [r for r in series if r.measured]
+        if len(measured) < 2:
+            continue
+        ups = [(a, b) for a, b in zip(measured, measured[1:], strict=False) if b.ci[0] > a.ci[1]]
+        what = "more steps" if axis == "steps" else "a larger ε"
+        name = f"{defence_label(defence)} ({threat})"
+        if ups:
+            a, b = ups[0]
+            out.append(
+                f"{name}: {what} helped the defender beyond the intervals "
+                f"({pct(a.robust)} -> {pct(b.robust)}): a sign of a weak or masked attack."
+            )
+        else:
+            out.append(
+                f"{name}: {what} never helped the defender beyond the intervals "
+                f"({pct(measured[0].robust)} -> {pct(measured[-1].robust)})."
+            )
+    return out
+
+
+def detection(data: StudyData) -> list[str]:
+    out = [
+        "## The noise level as an attack detector",
+        "",
+        "The paper reports no detector; these figures have no counterpart there.",
+        "",
+    ]
+    if not data.detection:
+        return out + [f"Detection: {MISSING}.", ""]
+    for summary in data.detection:
+        out += _detection_summary(summary)
+    return out
+
+
+def _auc(entry: dict | None) -> str:
+    if entry is None or entry.get("auc_fooled") is None:
+        return "-"
+    lo, hi = entry["auc_fooled_ci95"]
+    return f"{entry['auc_fooled']:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def _rate(entry: dict | None) -> str:
+    if entry is None or entry.get("percent") is None:
+        return "-"
+    lo, hi = entry["ci95"]
+    return f"{entry['percent']:.1f} % [{lo:.1f}, {hi:.1f}] of {entry['n']}"
+
+
+def _detection_summary(summary: dict) -> list[str]:
+    config = summary.get("config", {})
+    out = [
+        f"**{summary['stage']}**: {config.get('defence', '?')}, ε = {config.get('eps', '?')}, "
+        f"threshold at {100 * config.get('fpr', 0.05):g} % false positives on the clean "
+        "images of the calibration half; AUC of clean vs the examples that fool the pipeline "
+        "(DeLong 95 % interval).",
+        "",
+    ]
+    body = []
+    for row in summary.get("results", []):
+        for name, entry in row["detection"].items():
+            body.append(
+                (
+                    row["threat_model"],
+                    attack_label(row["attack"], row.get("steps")),
+                    name,
+                    _auc(entry),
+                    _rate(entry["tpr_fooled"]),
+                    _rate(entry["fpr_held_out"]),
+                    _rate(entry["fooled_and_passed"]),
+                    row.get("device", "?"),
+                )
+            )
+    header = (
+        "threat model",
+        "attack",
+        "score",
+        "AUC",
+        "detected (TPR)",
+        "FPR held out",
+        "fool the pipeline undetected",
+        "device",
+    )
+    out += table(header, body) + [""]
+    out += [" ".join(_detection_sentences(summary)), ""]
+    return out
+
+
+def _detection_sentences(summary: dict) -> list[str]:
+    out = []
+    rows = summary.get("results", [])
+    for row in rows:
+        mean = row["detection"]["mean"]
+        if mean.get("auc_fooled") is None:
+            continue
+        auc = mean["auc_fooled"]
+        sense = (
+            "attacked images score *lower* than clean ones"
+            if auc < 0.5
+            else "close to chance"
+            if auc < 0.6
+            else "a usable signal"
+            if auc < 0.9
+            else "a strong signal"
+        )
+        out.append(
+            f"{row['threat_model']} {attack_label(row['attack'], row.get('steps'))}: the "
+            f"mean noise level separates fooling examples from clean images with AUC "
+            f"{_auc(mean)} ({sense})."
+        )
+        adaptive = row.get("adaptive")
+        if adaptive:
+            plain = next(
+                (r for r in rows if r["threat_model"] == "end-to-end" and "adaptive" not in r), None
+            )
+            base = (
+                (
+                    f", against {_rate(plain['detection']['mean']['fooled_and_passed'])} for the "
+                    "plain end-to-end attack"
+                )
+                if plain
+                else ""
+            )
+            levels = ", ".join(
+                f"λ = {b['lambda']:g}: {b['mean_noise_level']:.4f}" for b in adaptive["by_lambda"]
+            )
+            out.append(
+                f"The adaptive attacker fools the pipeline undetected on "
+                f"{_rate(adaptive['fooled_and_passed'])}{base}; mean noise level of its "
+                f"examples by λ: {levels} (clean {adaptive['clean_mean_noise_level']:.4f})."
+            )
+    best = summary.get("best_alternative")
+    if best:
+        out.append(
+            f"The best alternative score on the end-to-end examples is {best['label']} "
+            f"(AUC {best['auc_fooled']:.3f}, mean noise level {best['mean_auc_fooled']}); "
+            "it was chosen on these same images, so treat it as a lead, not a result."
+        )
+    return out
+
+
+def stages(data: StudyData) -> list[str]:
+    out = ["## The study's stages", ""]
+    body = []
+    for s in data.stages:
+        left = s.get("left_s")
+        body.append(
+            (
+                s.get("group", "?"),
+                s["name"],
+                s.get("kind", "?"),
+                s.get("state", "?"),
+                s.get("progress", ""),
+                f"{(s.get('spent_s') or 0) / 3600:.2f}",
+                "?" if left is None else f"{left / 3600:.2f}",
+                s.get("device") or "-",
+            )
+        )
+    header = (
+        "group",
+        "stage",
+        "kind",
+        "state",
+        "progress",
+        "core-h spent",
+        "core-h left",
+        "device",
+    )
+    out += table(header, body) if body else ["results.json lists no stage."]
+    waiting = [s["name"] for s in data.stages if s.get("state") in ("pending", "partial")]
+    cut = [s["name"] for s in data.stages if s.get("state") == "cut"]
+    out += [
+        "",
+        f"Pending or partial: {', '.join(waiting) if waiting else 'none'}. "
+        f"Cut because the remaining estimate exceeds the study's core-hour budget: "
+        f"{', '.join(cut) if cut else 'none'}.",
+    ]
+    if data.cut_from_plan:
+        out += ["", "Rows left out of the plan:", ""]
+        out += [f"- **{c['row']}**: {c['reason']}" for c in data.cut_from_plan]
+    devices = {s.get("device") for s in data.stages}
+    devices |= {v.get("device") for v in data.training.values()}
+    devices |= {r.result.get("device") for r in data.rows if r.measured}
+    devices = sorted(d for d in devices if d)
+    out += [
+        "",
+        "Devices of the figures: "
+        + (", ".join(devices) if devices else MISSING)
+        + " (each table names the device of each row).",
+    ]
+    if data.plan_error:
+        out += [
+            "",
+            f"The study's plan could not be read ({data.plan_error}); the tables show "
+            "the measured rows only.",
+        ]
+    return out + [""]
+
+
+def sanity(data: StudyData) -> list[str]:
+    rows = [r for r in data.rows if r.purpose == "sanity-large-eps"]
+    out = ["## Sanity: a large ε must leave almost nothing", ""]
+    body = [
+        (
+            defence_label(r.defence),
+            r.threat_model,
+            attack_label(r.attack, r.steps),
+            f"{r.eps:g}",
+            cell(r),
+        )
+        for r in sorted(rows, key=sort_key)
+    ]
+    out += (
+        table(("defence", "threat model", "attack", "ε", "robust [95 % CI]"), body)
+        if body
+        else ["No sanity row is in the plan."]
+    )
+    failing = [r for r in rows if r.measured and r.ci[0] > 5.0]
+    if failing:
+        out += [
+            "",
+            "FAILED: "
+            + "; ".join(f"{defence_label(r.defence)} {r.threat_model} {cell(r)}" for r in failing)
+            + " stays above 5 %: the attack does not work there, and the rows above it "
+            "overstate robustness.",
+        ]
+    elif any(r.measured for r in rows):
+        out += ["", "Every measured large-ε row leaves at most 5 % (lower end of its interval)."]
+    return out + [""]
