@@ -191,6 +191,20 @@ def _rounded(values: np.ndarray) -> list[float]:
     return [float(f"{v:.6g}") for v in np.asarray(values, float)]
 
 
+PER_IMAGE = ("fooled", "scores", "clean_scores")
+
+
+def _dumps(result: dict[str, Any]) -> str:
+    """JSON with the figures indented and each per-image array on one line."""
+    head = json.dumps({k: v for k, v in result.items() if k not in PER_IMAGE}, indent=1)
+    tail = "".join(
+        f',\n "{k}": {json.dumps(result[k], separators=(",", ":"))}'
+        for k in PER_IMAGE
+        if k in result
+    )
+    return head[: -len("\n}")] + tail + "\n}\n"
+
+
 def _key(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[
         :12
@@ -259,7 +273,7 @@ def run_detection(
             result["key"] = key
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(result, indent=1) + "\n")
+            tmp.write_text(_dumps(result))
             tmp.replace(path)
             if on_result is not None:
                 on_result(path, result)

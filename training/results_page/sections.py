@@ -153,11 +153,11 @@ def detection(data: StudyData) -> list[str]:
     return out
 
 
-def _auc(entry: dict | None) -> str:
-    if entry is None or entry.get("auc_fooled") is None:
+def _auc(entry: dict | None, which: str = "fooled") -> str:
+    if entry is None or entry.get(f"auc_{which}") is None:
         return "-"
-    lo, hi = entry["auc_fooled_ci95"]
-    return f"{entry['auc_fooled']:.3f} [{lo:.3f}, {hi:.3f}]"
+    lo, hi = entry[f"auc_{which}_ci95"]
+    return f"{entry[f'auc_{which}']:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
 def _rate(entry: dict | None) -> str:
@@ -185,6 +185,7 @@ def _detection_summary(summary: dict) -> list[str]:
                     attack_label(row["attack"], row.get("steps")),
                     name,
                     _auc(entry),
+                    _auc(entry, "all"),
                     _rate(entry["tpr_fooled"]),
                     _rate(entry["fpr_held_out"]),
                     _rate(entry["fooled_and_passed"]),
@@ -195,7 +196,8 @@ def _detection_summary(summary: dict) -> list[str]:
         "threat model",
         "attack",
         "score",
-        "AUC",
+        "AUC, fooling examples",
+        "AUC, all attacked",
         "detected (TPR)",
         "FPR held out",
         "fool the pipeline undetected",
@@ -212,6 +214,11 @@ def _detection_sentences(summary: dict) -> list[str]:
     for row in rows:
         mean = row["detection"]["mean"]
         if mean.get("auc_fooled") is None:
+            out.append(
+                f"{row['threat_model']} {attack_label(row['attack'], row.get('steps'))} fooled "
+                "the pipeline on none of these images: there is no AUC over fooling examples "
+                f"(over all attacked images: {_auc(mean, 'all')})."
+            )
             continue
         auc = mean["auc_fooled"]
         sense = (

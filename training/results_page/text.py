@@ -26,11 +26,13 @@ DEFENCE_LABELS = {
     "purifier@resnet20": "purifier in front of ResNet20-SNN",
 }
 WHITE_BOX_THREATS = ("white-box", "classifier-only", "end-to-end", "bpda")
-EXTRA_ATTACK_LABELS = {"pgd-noise-aware": "adaptive PGD (CE - λ·noise level)"}
+EXTRA_ATTACK_LABELS = {"pgd-noise-aware": "adaptive PGD{steps} (CE - λ·noise level)"}
 
 
 def attack_label(attack: str, steps: int | None = None) -> str:
-    label = ATTACK_LABELS.get(attack) or EXTRA_ATTACK_LABELS.get(attack, attack)
+    if attack in EXTRA_ATTACK_LABELS:
+        return EXTRA_ATTACK_LABELS[attack].format(steps=f"-{steps}" if steps is not None else "")
+    label = ATTACK_LABELS.get(attack, attack)
     return f"{label}-{steps}" if steps is not None else label
 
 
