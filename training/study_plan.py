@@ -8,7 +8,8 @@ Groups, in value order (the study's budget cuts from the end):
    epsilons) and the paper-faithful one (Algorithm 1: FGSM at twice the evaluation epsilon);
 3. the headline evaluation at the evaluation epsilon: APGD-CE (100 steps), AutoAttack, APGD-T,
    Square (black-box) and the paper's Table 2 attacks, every purifier row under each white-box
-   threat model, per sample the worst case over the surrogate gradients;
+   threat model, per sample the worst case over the surrogate gradients; and the purifier's
+   noise level as a detector (with the attacker who keeps it low);
 4. the PGD adversarial-training baseline, its rows, and the purifier in front of it;
 5. the MLF ablation (Table 1): K = 1, 2, 3 trained on the same shorter schedule;
 6. transfer (Table 3) from independently trained sources, and the purifier reused in front of
@@ -63,6 +64,9 @@ EVAL_SECONDS_PER_IMAGE = {
     ("fgsm", "transfer"): 0.05,
 }
 DEFAULT_EVAL_SECONDS_PER_IMAGE = 0.2
+# a detection stage: APGD-CE classifier-only and end to end, then the adaptive attack (100
+# steps end to end) at each of its four lambdas, per image and surrogate gradient
+DETECT_SECONDS_PER_IMAGE = 1.5 + 2.6 + 4 * 2.6
 TRAIN_IMAGES = 55_000  # Fashion-MNIST's training split less the 5,000 validation images
 
 
@@ -103,12 +107,30 @@ class EvalStage:
 
 
 @dataclass(frozen=True)
+class DetectStage:
+    """The purifier's noise level as an attack detector (``training.detection``): ROC AUC
+    on clean vs adversarial images, and the adaptive attacker who keeps the noise low."""
+
+    name: str
+    group: int
+    classifier: str
+    purifier: str
+    eps: float
+    n: int = 200
+    description: str = ""
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        return (self.classifier, self.purifier)
+
+
+@dataclass(frozen=True)
 class Study:
     preset: str
-    stages: tuple[TrainStage | EvalStage, ...]
+    stages: tuple[TrainStage | EvalStage | DetectStage, ...]
     cut: tuple[tuple[str, str], ...] = ()  # rows left out of the plan, with the reason
 
-    def stage(self, name: str) -> TrainStage | EvalStage:
+    def stage(self, name: str) -> TrainStage | EvalStage | DetectStage:
         for s in self.stages:
             if s.name == name:
                 return s
@@ -127,7 +149,7 @@ def study_plan(preset_name: str, headline_n: int = 1000, other_n: int = 500) -> 
     adv = {"adv-training": ("clf-k3-adv", None)}
     ablation = {"epochs": 4, "subset": 30000, "val_images": 2000}
     sources = preset.transfer_sources
-    stages: list[TrainStage | EvalStage] = [
+    stages: list[TrainStage | EvalStage | DetectStage] = [
         TrainStage("clf-k3", 1, "train-classifier", description="the served classifier (K = 3)"),
         TrainStage("purifier", 2, "train-purifier", {"classifier": "{clf-k3}"}, ("clf-k3",),
                    "the shipped purifier: clean images and FGSM over a range of epsilons"),
@@ -148,6 +170,8 @@ def study_plan(preset_name: str, headline_n: int = 1000, other_n: int = 500) -> 
                   description="black-box check of the served pipeline (5,000 queries)"),
         EvalStage("headline-apgdt", 3, {**shipped, **paper}, ("apgd-t",), WHITE_BOX, eps,
                   n=aa_n),
+        DetectStage("detect-purifier", 3, "clf-k3", "purifier", preset.eval_eps, n=aa_n,
+                    description="the shipped purifier's noise level as a detector"),
         EvalStage("table2", 3, {**shipped, **paper},
                   ("gaussian", "fgsm", "ifgsm", "mifgsm", "pgd", "cw", "bpda-eot"), WHITE_BOX,
                   eps, steps=(7,), n=other_n, description="the paper's Table 2 attacks"),
@@ -202,6 +226,10 @@ def train_prior_seconds(stage: TrainStage, config: Any) -> float | None:
         return None
     images = min(config.subset or TRAIN_IMAGES, TRAIN_IMAGES)
     return images * config.epochs / rate
+
+
+def detect_prior_seconds(stage: DetectStage, surrogates: int = 3) -> float:
+    return DETECT_SECONDS_PER_IMAGE * stage.n * (1 + 0.5 * (surrogates - 1))
 
 
 def eval_prior_seconds(attack: str, threat: str, n: int, surrogates: int) -> float:
