@@ -25,7 +25,16 @@ PORT ?= 8000
 # make serve-cpu-check: a second environment with the serve-cpu extra (ONNX Runtime's CPU wheel)
 SERVE_CPU_VENV := .venv-serve-cpu
 
-.PHONY: help install system-packages test lint format serve bench bench-models deploy-check e2e soak fuzz study study-status serve-cpu-check
+# The native MLF kernel for ONNX Runtime (mlf_kernel/src): one shared library, no link to
+# libonnxruntime. -ffp-contract=off: no fused multiply-add, so the kernel's float32 arithmetic is
+# the exported graph's operation for operation.
+CXX ?= g++
+KERNEL_LIB := mlf_kernel/libspikeguard_mlf.so
+KERNEL_SOURCES := mlf_kernel/src/mlf.cc mlf_kernel/src/ort_abi.h
+KERNEL_FLAGS := -std=c++17 -O3 -fPIC -shared -ffp-contract=off -fno-exceptions -fno-rtti \
+	-fvisibility=hidden -Wall -Wextra -Werror -Wno-psabi -static-libstdc++ -static-libgcc
+
+.PHONY: help install kernel system-packages test lint format serve bench bench-models deploy-check e2e soak fuzz study study-status serve-cpu-check
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' \
@@ -38,7 +47,13 @@ $(INSTALLED): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -e '.[dev]'
 	touch $@
 
-install: $(INSTALLED) ## create .venv and install the project with its dev extra
+install: $(INSTALLED) kernel ## create .venv, install the project with its dev extra, build the kernel
+
+kernel: $(KERNEL_LIB) ## build the native MLF kernel library (C++, Debian's g++)
+
+$(KERNEL_LIB): $(KERNEL_SOURCES)
+	@command -v $(CXX) >/dev/null || { echo "no C++ compiler: apt-get install g++"; exit 1; }
+	$(CXX) $(KERNEL_FLAGS) -o $@ mlf_kernel/src/mlf.cc -lpthread
 
 system-packages: ## install the Debian packages in DEBIAN_PACKAGES that are missing
 	@if ! command -v dpkg-query >/dev/null; then \
