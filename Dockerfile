@@ -19,19 +19,24 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 # Ubuntu's archive keeps only the newest build of a package, so exact apt pins would break
 # rebuilds; the Python ABI is fixed by the 24.04 release (3.12) instead.
+# g++ and make build the native MLF kernel (mlf_kernel/src: C++ against ONNX Runtime's C
+# API, no link to libonnxruntime; static libstdc++, so the runtime stage needs no compiler).
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv \
+    && apt-get install -y --no-install-recommends python3 python3-venv g++ make \
     && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# Only what the `serve` extra needs: the service and contract packages and the project
-# metadata.
-COPY pyproject.toml README.md ./
+# Only what the `serve` extra needs: the service, contract and kernel packages and the
+# project metadata (the Makefile builds the kernel).
+COPY pyproject.toml README.md Makefile ./
 COPY contract/ contract/
 COPY service/ service/
-# Every dependency is pinned in pyproject.toml's `serve` and `serve-cpu` extras.
+COPY mlf_kernel/ mlf_kernel/
+RUN make kernel
+# Every dependency is pinned in pyproject.toml's `serve` and `serve-cpu` extras; the built
+# kernel library goes into the virtualenv with the mlf_kernel package (package data).
 # hadolint ignore=DL3013
 RUN pip install ".[${EXTRA}]" \
     && python -m compileall -q /opt/venv
