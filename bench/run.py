@@ -94,7 +94,6 @@ def torch_pipeline(source: variants.Source, threads: int):
     """purifier -> classifier in PyTorch eager on the weights the graphs came from."""
     import torch
 
-    from contract import sha256_file
     from training.checkpoint import load_model
 
     torch.set_num_threads(threads)

@@ -25,7 +25,6 @@ import numpy as np
 
 ROLES = ("purifier", "classifier")
 VARIANTS = ("unrolled", "function", "native")
-OUTPUTS = {"purifier": ("purified", "noise_level", "spikes"), "classifier": ("logits", "spikes")}
 
 
 @dataclass
@@ -68,15 +67,15 @@ def _export_unrolled(checkpoints: dict[str, Path], out: Path) -> dict[str, Path]
     import torch
 
     from training.checkpoint import load_model
-    from training.export import ClassifierGraph, PurifierGraph, export_onnx
+    from training.export import ClassifierGraph, PurifierGraph, export_graph
 
     paths = {}
     for role, checkpoint in checkpoints.items():
         model, _ = load_model(checkpoint)
-        graph = (PurifierGraph if role == "purifier" else ClassifierGraph)(model.eval())
         example = torch.rand(2, model.in_channels, 28, 28)
         paths[role] = out / f"{role}.unrolled.onnx"
-        export_onnx(graph, example, paths[role], OUTPUTS[role])
+        with (PurifierGraph if role == "purifier" else ClassifierGraph)(model.eval()) as graph:
+            export_graph(graph, example, paths[role], neurons="unrolled")
     return paths
 
 
@@ -119,7 +118,7 @@ def prepare(model_dir: Path, work: Path, checkpoints: Path | None = None) -> Sou
 def fused_model_dir(model_dir: Path, source: Source, out: Path) -> Path:
     """A copy of the bundle serving the fused graphs (manifest hashes updated), for the
     service runs."""
-    from training.export import sha256_file
+    from contract import sha256_file
 
     shutil.copytree(model_dir, out, ignore=shutil.ignore_patterns("*.onnx"))
     manifest = json.loads((out / "manifest.json").read_text())

@@ -39,6 +39,12 @@ class Settings(BaseSettings):
 
     model_dir: Path = Path("models/fashion-mnist")
     providers: Literal["auto", "cuda", "cpu"] = "auto"
+    mlf_kernel: Literal["auto", "off"] = Field(
+        "auto",
+        description="the native MLF neuron kernel (mlf_kernel) for CPU sessions: auto uses it "
+        "when the library is built, off always runs the graphs' function body (same answers); "
+        "CUDA sessions always run the function body",
+    )
     intra_op_threads: int = Field(default_factory=available_cores, ge=1)
     intra_op_spinning: bool = Field(
         False,

@@ -69,6 +69,13 @@ class Metrics:
             ["name", "version", "provider"],
             registry=r,
         )
+        self.neuron_kernel = Gauge(
+            "spikeguard_neuron_kernel",
+            "How the served graphs' MLF neurons run (value 1): native (the kernel library), "
+            "fallback (the graphs' function body) or unused (no MLF nodes)",
+            ["mode"],
+            registry=r,
+        )
         self.ready = Gauge(
             "spikeguard_ready", "1 when the model is loaded and serving, else 0", registry=r
         )

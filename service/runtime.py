@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+import mlf_kernel
 from contract import (
     GRAPH_OUTPUTS,
     IMAGE_INPUT,
@@ -77,6 +78,48 @@ def session_options(settings: Settings) -> ort.SessionOptions:
     return options
 
 
+@dataclass(frozen=True)
+class NeuronKernel:
+    """How the graphs' MLF neurons run: ``native`` (the kernel library), ``fallback`` (the
+    model-local function body, plain ONNX operators) or ``unused`` (no MLF nodes)."""
+
+    mode: str
+    reason: str
+    library: str | None = None
+    isa: str | None = None
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {"mode": self.mode, "reason": self.reason, "library": self.library, "isa": self.isa}
+
+
+def graphs_use_mlf(paths: list[Path]) -> bool:
+    """Whether a graph imports the MLF node's domain (a node of it needs one)."""
+    domain = mlf_kernel.DOMAIN.encode()
+    return any(domain in path.read_bytes() for path in paths)
+
+
+def neuron_kernel(
+    settings: Settings, providers: list[str], options: ort.SessionOptions, paths: list[Path]
+) -> NeuronKernel:
+    """Registers the native kernel with ``options`` when it applies: CPU sessions only
+    (it has no CUDA kernel, and TensorRT would split the graph around every custom node;
+    those sessions run the function body), the library built, not switched off."""
+    if not graphs_use_mlf(paths):
+        return NeuronKernel("unused", "the graphs have no MLF nodes")
+    if providers != [CPU]:
+        return NeuronKernel("fallback", "CUDA sessions run the graphs' function body")
+    if settings.mlf_kernel == "off":
+        return NeuronKernel("fallback", "SPIKEGUARD_MLF_KERNEL=off")
+    try:
+        path = mlf_kernel.register(options)
+        return NeuronKernel(
+            "native", "the kernel library is registered", str(path), mlf_kernel.isa()
+        )
+    except mlf_kernel.KernelUnavailable as exc:
+        log.warning("MLF neurons run the graphs' function body: %s", exc)
+        return NeuronKernel("fallback", str(exc))
+
+
 @dataclass
 class StageResult:
     purified: np.ndarray | None = None  # [n, C, H, W]
@@ -96,16 +139,10 @@ class Runtime:
         self.manifest = read_manifest(model_dir)
         verify_files(model_dir, self.manifest)
         providers = requested_providers(settings.providers)
+        paths = {role: model_dir / self.manifest.graph(role).path for role in GRAPH_OUTPUTS}
         options = session_options(settings)
-        self.sessions: dict[str, ort.InferenceSession] = {}
-        for role in GRAPH_OUTPUTS:
-            path = model_dir / self.manifest.graph(role).path
-            try:
-                session = ort.InferenceSession(str(path), options, providers=providers)
-            except Exception as exc:  # ORT raises its own exception types for bad graphs
-                raise ModelLoadError(f"onnxruntime cannot load {path}: {exc}") from None
-            _check_io(role, session)
-            self.sessions[role] = session
+        self.kernel = neuron_kernel(settings, providers, options, list(paths.values()))
+        self.sessions = _open_sessions(paths, options, providers)
         # ORT falls back to CPU silently when CUDA cannot start: report what each got
         self.providers = {role: s.get_providers()[0] for role, s in self.sessions.items()}
         fell_back = CUDA in providers and any(p != CUDA for p in self.providers.values())
@@ -113,6 +150,12 @@ class Runtime:
             raise ModelLoadError(f"CUDA was requested but the sessions run on {self.providers}")
         if fell_back:
             log.warning("CUDA is installed but could not start; serving on %s", self.providers)
+            # CPU sessions after all: give them the native kernel (sessions opened again)
+            options = session_options(settings)
+            self.kernel = neuron_kernel(settings, [CPU], options, list(paths.values()))
+            if self.kernel.mode == "native":
+                self.sessions = _open_sessions(paths, options, [CPU])
+                self.providers = {role: CPU for role in self.sessions}
 
     @property
     def provider(self) -> str:
@@ -165,6 +208,20 @@ class Runtime:
                 f"classifier returns logits of shape {shape}, the manifest names "
                 f"{self.manifest.num_classes} classes"
             )
+
+
+def _open_sessions(
+    paths: dict[str, Path], options: ort.SessionOptions, providers: list[str]
+) -> dict[str, ort.InferenceSession]:
+    sessions = {}
+    for role, path in paths.items():
+        try:
+            session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # ORT raises its own exception types for bad graphs
+            raise ModelLoadError(f"onnxruntime cannot load {path}: {exc}") from None
+        _check_io(role, session)
+        sessions[role] = session
+    return sessions
 
 
 def _select(array: np.ndarray, mask: np.ndarray) -> np.ndarray:

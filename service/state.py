@@ -84,6 +84,8 @@ class ServiceState:
         self.metrics.model_info.labels(
             name=manifest.name, version=manifest.version, provider=runtime.provider
         ).set(1)
+        for mode in ("native", "fallback", "unused"):
+            self.metrics.neuron_kernel.labels(mode=mode).set(int(mode == runtime.kernel.mode))
 
     def request_reload(self) -> None:
         """Starts ``reload()`` in the background (the SIGHUP handler); one at a time."""

@@ -20,6 +20,7 @@ import hashlib
 import inspect
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -42,6 +43,7 @@ SOURCES = [
     "training/samples.py",
     "training/export/*.py",
     "contract/*.py",
+    "mlf_kernel/*.py",
 ]
 TINY_TIMESTEPS = 2
 TRAIN_IMAGES = 256
@@ -83,7 +85,8 @@ def _calibrate(model, images) -> None:
 
 def build_tiny_model(out: Path) -> None:
     """Trains the tiny classifier and purifier and exports them to ``out/model``;
-    checkpoints land in ``out/classifier.safetensors`` and ``out/purifier.safetensors``."""
+    checkpoints land in ``out/classifier.safetensors`` and ``out/purifier.safetensors``, the
+    graphs with unrolled neurons in ``out/unrolled/``."""
     import torch
 
     threads = torch.get_num_threads()
@@ -145,6 +148,14 @@ def _train_and_export(out: Path) -> None:
         version="0.0.1",
         eval_images=200,
     )
+    # today's form of the graphs too (the exporter's unrolled neuron loops), for the tests
+    # that compare it with one node per neuron
+    from training.export import ClassifierGraph, PurifierGraph, export_graph
+
+    (out / "unrolled").mkdir()
+    for graph in (ClassifierGraph(classifier), PurifierGraph(purifier)):
+        with graph:
+            export_graph(graph, images[:2], out / "unrolled" / f"{graph.role}.onnx", "unrolled")
 
 
 def _cached_build() -> Path:
@@ -177,6 +188,29 @@ def tiny_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_model_dir(tiny_build: Path) -> Path:
     """A verified model directory (manifest + ONNX files) of a tiny trained model."""
     return tiny_build / "model"
+
+
+@pytest.fixture(scope="session")
+def kernel_library() -> Path:
+    """The library, built with ``make kernel`` when missing or older than its sources."""
+    import mlf_kernel
+
+    path = mlf_kernel.PACKAGE_DIR / mlf_kernel.LIBRARY_NAME
+    sources = list((mlf_kernel.PACKAGE_DIR / "src").iterdir())
+    stale = not path.exists() or any(s.stat().st_mtime > path.stat().st_mtime for s in sources)
+    if stale:
+        build = subprocess.run(
+            ["make", "-s", "kernel"], cwd=REPO, capture_output=True, text=True, timeout=300
+        )
+        assert build.returncode == 0, f"make kernel failed:\n{build.stdout}\n{build.stderr}"
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_unrolled_graphs(tiny_build: Path) -> Path:
+    """``classifier.onnx`` and ``purifier.onnx`` of the tiny model as the exporter writes
+    neurons without lowering them (``export_graph(..., neurons="unrolled")``)."""
+    return tiny_build / "unrolled"
 
 
 @pytest.fixture

@@ -31,5 +31,6 @@ async def readyz(service: ServiceDep) -> JSONResponse:
             "status": "ready",
             "model": {"name": manifest.name, "version": manifest.version},
             "providers": runtime.providers,
+            "neuron_kernel": runtime.kernel.as_dict(),
         }
     )

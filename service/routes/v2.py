@@ -51,6 +51,7 @@ class ModelMetadata(BaseModel):
     platform: str
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]
+    parameters: dict[str, Any] | None = None
 
 
 def _model(runtime: Runtime, name: str, version: str | None = None) -> None:
@@ -79,6 +80,8 @@ def _metadata(runtime: Runtime) -> ModelMetadata:
             TensorMetadata(name="classifier_spikes", datatype="FP32", shape=[-1]),
             TensorMetadata(name="purifier_spikes", datatype="FP32", shape=[-1]),
         ],
+        # how the neurons run: the native kernel, or the graphs' function body
+        parameters={"neuron_kernel": runtime.kernel.mode, "providers": runtime.providers},
     )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -13,22 +12,6 @@ from onnx import TensorProto, helper
 
 import mlf_kernel
 from mlf_kernel.graph import ONNX_OPSET, add_function, mlf_node
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="session")
-def kernel_library() -> Path:
-    """The library, built with ``make kernel`` when missing or older than its sources."""
-    path = mlf_kernel.PACKAGE_DIR / mlf_kernel.LIBRARY_NAME
-    sources = list((mlf_kernel.PACKAGE_DIR / "src").iterdir())
-    stale = not path.exists() or any(s.stat().st_mtime > path.stat().st_mtime for s in sources)
-    if stale:
-        build = subprocess.run(
-            ["make", "-s", "kernel"], cwd=REPO, capture_output=True, text=True, timeout=300
-        )
-        assert build.returncode == 0, f"make kernel failed:\n{build.stdout}\n{build.stderr}"
-    return path
 
 
 def mlf_model(

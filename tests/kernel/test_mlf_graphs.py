@@ -1,5 +1,5 @@
-"""Whole exported models: the unrolled graphs, the same graphs with one MLF node per neuron
-(run through the function body and through the native kernel) and PyTorch."""
+"""Whole exported models: the exporter's unrolled graphs, the exported graphs with one MLF
+node per neuron (run through the function body and through the native kernel) and PyTorch."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import mlf_kernel
 from mlf_kernel.fuse import fuse_neurons
 from training.checkpoint import load_model
 from training.data import load_split
-from training.export import MAX_FLIP_FRACTION, ClassifierGraph, PurifierGraph
+from training.export import ClassifierGraph, PurifierGraph
+from training.export.parity import MAX_FLIP_FRACTION
 from training.snn import spiking_neurons
 
 ROLES = ("purifier", "classifier")
@@ -39,16 +40,17 @@ def images() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def fused(tiny_model_dir: Path) -> dict[str, tuple[onnx.ModelProto, int]]:
-    return {r: fuse_neurons(onnx.load(str(tiny_model_dir / f"{r}.onnx"))) for r in ROLES}
+    """The exported graphs (one node per neuron) and their MLF node counts."""
+    models = {r: onnx.load(str(tiny_model_dir / f"{r}.onnx")) for r in ROLES}
+    return {r: (m, sum(n.op_type == "MLF" for n in m.graph.node)) for r, m in models.items()}
 
 
 @pytest.mark.parametrize("role", ROLES)
-def test_one_node_per_neuron(fused, tiny_build: Path, role: str):
+def test_export_writes_one_node_per_neuron(fused, tiny_build: Path, role: str):
     model, count = fused[role]
     torch_model, _ = load_model(tiny_build / f"{role}.safetensors")
     assert count == len(list(spiking_neurons(torch_model))) > 0
     ops = [n.op_type for n in model.graph.node]
-    assert ops.count("MLF") == count
     assert "GreaterOrEqual" not in ops and "Gather" not in ops  # nothing of the loop left
     assert [(f.domain, f.name) for f in model.functions] == [("ai.spikeguard", "MLF")]
     node = next(n for n in model.graph.node if n.op_type == "MLF")
@@ -60,8 +62,10 @@ def test_one_node_per_neuron(fused, tiny_build: Path, role: str):
 
 
 @pytest.mark.parametrize("role", ROLES)
-def test_fused_graph_equals_unrolled_graph(fused, tiny_model_dir, kernel_library, images, role):
-    unrolled = session(tiny_model_dir / f"{role}.onnx", native=False)
+def test_fused_graph_equals_unrolled_graph(
+    fused, tiny_unrolled_graphs, kernel_library, images, role
+):
+    unrolled = session(tiny_unrolled_graphs / f"{role}.onnx", native=False)
     expected = unrolled.run(None, {"image": images})
     for native in (False, True):
         got = session(fused[role][0], native, kernel_library).run(None, {"image": images})
@@ -92,8 +96,16 @@ def test_spike_counts_native_vs_function_vs_pytorch(fused, tiny_build, kernel_li
         assert flips <= MAX_FLIP_FRACTION * len(images), f"{role}: {flips} flips"
 
 
-def test_graph_without_neurons_is_left_alone(tiny_model_dir: Path):
-    model, count = fuse_neurons(onnx.load(str(tiny_model_dir / "classifier.onnx")))
+@pytest.mark.parametrize("role", ROLES)
+def test_fuse_pass_gives_the_exported_graph(fused, tiny_unrolled_graphs: Path, role: str):
+    model, count = fuse_neurons(onnx.load(str(tiny_unrolled_graphs / f"{role}.onnx")))
+    exported, exported_count = fused[role]
+    assert count == exported_count
+    assert [n.op_type for n in model.graph.node] == [n.op_type for n in exported.graph.node]
+
+
+def test_graph_without_neurons_is_left_alone(fused):
+    model, _ = fused["classifier"]
     again, none = fuse_neurons(model)
-    assert count > 0 and none == 0
+    assert none == 0
     assert [n.op_type for n in again.graph.node] == [n.op_type for n in model.graph.node]

@@ -10,7 +10,12 @@ used as itself afterwards.
 Graphs come from the ``torch.export``-based exporter (``dynamo=True``); the TorchScript
 exporter bakes the example's batch size into the neurons' zero-initialised membranes and
 cannot give a dynamic batch axis. ``export_graph`` is the one place a graph is written:
-how neurons are lowered to ONNX is decided here.
+how neurons are lowered to ONNX is decided here. By default (``neurons="node"``) every MLF
+neuron becomes one ``ai.spikeguard::MLF`` node and the file carries the model-local
+function that computes it in plain operators (``mlf_kernel.graph``): ONNX Runtime runs the
+node with the native kernel when the library is registered and inlines the function
+otherwise, with identical outputs. ``neurons="unrolled"`` keeps the exporter's loop of
+plain operators per step (the benchmark's baseline).
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ from torch import nn
 
 from contract import GRAPH_OUTPUTS, IMAGE_INPUT
 
-from ..snn import SpikeRecorder
+from ..errors import UsageError
+from ..snn import SpikeRecorder, spiking_neurons
 
 OPSET = 18
+NEURON_FORMS = ("node", "unrolled")
 EXPORTER = "torch.onnx.export(dynamo=True)"
 
 
@@ -84,9 +91,12 @@ class PurifierGraph(_Graph):
         return purified, noise_level, self.recorder.total()
 
 
-def export_graph(graph: _Graph, example: torch.Tensor, path: Path) -> Path:
+def export_graph(graph: _Graph, example: torch.Tensor, path: Path, neurons: str = "node") -> Path:
     """Exports ``graph`` (input ``image`` with a dynamic batch axis, the outputs its role
-    has in the contract) to one self-contained ONNX file at ``path``."""
+    has in the contract) to one self-contained ONNX file at ``path``, each neuron as one
+    MLF node (``neurons="node"``) or as the exporter's unrolled loop (``"unrolled"``)."""
+    if neurons not in NEURON_FORMS:
+        raise ValueError(f"neurons must be one of {NEURON_FORMS}, got {neurons!r}")
     graph.eval()
     batch = torch.export.Dim("batch", min=1)
     with torch.no_grad(), warnings.catch_warnings():
@@ -104,4 +114,28 @@ def export_graph(graph: _Graph, example: torch.Tensor, path: Path) -> Path:
                 external_data=False,
                 dynamo=True,
             )
+    if neurons == "node":
+        lower_neurons(graph, path)
     return path
+
+
+def lower_neurons(graph: _Graph, path: Path) -> int:
+    """Rewrites the exported file at ``path`` with one MLF node per neuron of ``graph``
+    (plus the function); every neuron must be found, else the exporter's loop changed
+    shape and the export stops. Returns the number of neurons."""
+    import onnx
+
+    from mlf_kernel.fuse import NotAnMLFNeuron, fuse_neurons
+
+    expected = sum(1 for _ in spiking_neurons(graph.model))
+    try:
+        model, fused = fuse_neurons(onnx.load(str(path)))
+    except NotAnMLFNeuron as exc:
+        raise UsageError(f"{graph.role}: cannot lower a neuron to one MLF node: {exc}") from None
+    if fused != expected:
+        raise UsageError(
+            f"{graph.role}: {fused} of its {expected} neurons became MLF nodes; the "
+            "exporter's unrolled neuron loop no longer has the shape mlf_kernel.fuse reads"
+        )
+    onnx.save(model, str(path))
+    return fused

@@ -40,7 +40,15 @@ from ..errors import UsageError
 from ..models import is_classifier
 from ..samples import default_eps, write_samples
 from .graphs import EXPORTER, OPSET, ClassifierGraph, PurifierGraph, export_graph
-from .parity import PARITY_ATOL, PARITY_IMAGES, Parity, check_parity, ort_accuracy, ort_session
+from .parity import (
+    PARITY_ATOL,
+    PARITY_IMAGES,
+    Parity,
+    check_parity,
+    native_matches_function,
+    ort_accuracy,
+    ort_session,
+)
 
 
 @dataclass
@@ -247,8 +255,12 @@ def export_model(
             c_session = ort_session(staging / GRAPH_FILES["classifier"])
             p_session = ort_session(staging / GRAPH_FILES["purifier"])
             parity = check_parity(c_graph, p_graph, c_session, p_session, images[:PARITY_IMAGES])
-        if parity.problems():
-            raise UsageError("ONNX export failed verification: " + "; ".join(parity.problems()))
+        problems = parity.problems() + native_matches_function(
+            [staging / GRAPH_FILES[role] for role in ("purifier", "classifier")],
+            images[:PARITY_IMAGES],
+        )
+        if problems:
+            raise UsageError("ONNX export failed verification: " + "; ".join(problems))
         classifier.bundle(staging, "classifier")
         purifier.bundle(staging, "purifier")
         metrics = ort_accuracy(c_session, p_session, images, labels, batch_size)

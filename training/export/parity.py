@@ -22,15 +22,39 @@ PARITY_IMAGES = 256
 MAX_FLIP_FRACTION = 0.05
 
 
-def ort_session(path: Path):
+def ort_session(path: Path, native: bool | None = None):
     """A CPU session with the optimisation level the service uses, so parity is checked
-    on the graph as it will really run."""
+    on the graph as it will really run: with the native MLF kernel when it is built (as
+    the service runs CPU sessions; ``native`` forces it on or off)."""
     import onnxruntime as ort
+
+    import mlf_kernel
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    if native or (native is None and mlf_kernel.available()):
+        mlf_kernel.register(options)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def native_matches_function(paths: list[Path], images: torch.Tensor) -> list[str]:
+    """Problems, if any: every output of every graph must be bit-identical with the native
+    MLF kernel and through the function body (nothing to check if the kernel is not built)."""
+    import mlf_kernel
+
+    if not mlf_kernel.available():
+        return []
+    x = {IMAGE_INPUT: images.numpy()}
+    problems = []
+    for path in paths:
+        native = ort_session(path, native=True)
+        function = ort_session(path, native=False)
+        names = [o.name for o in native.get_outputs()]
+        for name, a, b in zip(names, native.run(None, x), function.run(None, x), strict=True):
+            if not np.array_equal(a, b):
+                problems.append(f"{path.name} {name}: the native kernel and the function differ")
+    return problems
 
 
 @dataclass
