@@ -70,7 +70,7 @@ system-packages: ## install the Debian packages in DEBIAN_PACKAGES that are miss
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
-test: $(INSTALLED) system-packages ## lint, check formatting, run the tests, then the service tests on the serve-cpu extra
+test: $(INSTALLED) kernel system-packages ## lint, check formatting, run the tests, then the service tests on the serve-cpu extra
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
@@ -98,10 +98,10 @@ format: $(INSTALLED) ## format the code and apply ruff's safe fixes
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-serve: $(INSTALLED) ## serve MODEL_DIR (models/fashion-mnist) on http://127.0.0.1:8000
+serve: $(INSTALLED) kernel ## serve MODEL_DIR (models/fashion-mnist) on http://127.0.0.1:8000
 	SPIKEGUARD_MODEL_DIR=$(MODEL_DIR) $(BIN)/python -m service --host $(HOST) --port $(PORT)
 
-bench: $(INSTALLED) system-packages ## ceiling, FLOPs, ORT vs torch, service load, training steps (bench/run.py -> docs/benchmarks.md)
+bench: $(INSTALLED) kernel system-packages ## today's graphs vs function vs native kernel, ceiling, service, training (bench/run.py -> docs/benchmarks.md)
 	$(BIN)/python bench/run.py --model-dir $(MODEL_DIR)
 
 bench-models: $(INSTALLED) ## CPU images/s of the classifier and purifier (bench/models.py)
@@ -110,10 +110,10 @@ bench-models: $(INSTALLED) ## CPU images/s of the classifier and purifier (bench
 deploy-check: $(INSTALLED) system-packages ## compose, hadolint, promtool and the gateway/Prometheus tests (tests/deploy)
 	$(BIN)/pytest tests/deploy
 
-e2e: $(INSTALLED) system-packages ## the demo page in headless Chromium (tests/e2e; screenshots in test-artifacts/e2e)
+e2e: $(INSTALLED) kernel system-packages ## the demo page in headless Chromium (tests/e2e; screenshots in test-artifacts/e2e)
 	$(BIN)/pytest tests/e2e
 
-soak: $(INSTALLED) system-packages ## 64 clients for 60 s through the nginx gateway on 127.0.0.1 (bench/soak.py -> docs/soak.md)
+soak: $(INSTALLED) kernel system-packages ## 64 clients for 60 s through the nginx gateway on 127.0.0.1 (bench/soak.py -> docs/soak.md)
 	$(BIN)/python bench/soak.py $(if $(SOAK_MODEL_DIR),--model-dir $(SOAK_MODEL_DIR))
 
 # make study: the study's remaining stages on one torch thread, each epoch and result committed
