@@ -85,7 +85,7 @@ def sweeps(data: StudyData) -> list[str]:
     for stage, axis in (("figure5-steps", "steps"), ("figure5-eps", "eps")):
         rows = data.select(stage)
         lines = sweep_lines(rows, axis)
-        xs = sorted({(r.steps if axis == "steps" else eps_key(r.eps)) for r in rows})
+        xs = sorted({(r.steps if axis == "steps" else eps_key(r.eps)) for r in rows} - {None})
         header = [
             "defence",
             "threat model",

@@ -49,7 +49,7 @@ def _gap_sentences(rows: list[Row]) -> list[str]:
     """Per (defence, attack): the gap between classifier-only and end-to-end."""
     by = {(r.defence, r.attack, r.steps, r.threat_model): r for r in rows if r.measured}
     out = []
-    for (defence, attack, steps, threat), co in sorted(by.items()):
+    for (defence, attack, steps, threat), co in sorted(by.items(), key=lambda kv: str(kv[0])):
         e2e = by.get((defence, attack, steps, "end-to-end"))
         if threat != "classifier-only" or e2e is None:
             continue

@@ -256,3 +256,25 @@ def test_study_config_points_at_the_study_directories(tmp_path):
     assert config.purifier == str(tmp_path / "purifier")
     assert config.out == str(tmp_path / "eval" / "detection")
     assert (config.defence, config.n, config.eps) == ("purifier", 100, 0.05)
+
+
+def test_more_surrogate_shapes_only_add_fooled_images(tiny_build, one_thread):
+    from training.data import load_split
+    from training.detection.attacks import worst_case
+    from training.threat_models import Defence
+
+    classifier, _ = load_model(tiny_build / "classifier.safetensors")
+    purifier, _ = load_model(tiny_build / "purifier.safetensors")
+    defence = Defence("purifier", classifier, purifier)
+    split = load_split("fashion-mnist", train=False).subset(32, seed=1)
+    x, y = split.float_images(), split.labels
+    runs = [
+        worst_case(defence, "end-to-end", "pgd", x, y, eps=0.1, steps=5, surrogates=shapes)
+        for shapes in (("rect1",), ("rect1", "sigmoid4", "ste"))
+    ]
+    one, three = (r.fooled for r in runs)
+    assert bool((one <= three).all())  # the first shape's fooled images stay fooled
+    assert (runs[1].images - x).abs().amax() <= 0.1 + 1e-6
+    with torch.no_grad():
+        wrong = defence.pipeline(runs[1].images).argmax(1) != y
+    assert bool((wrong[three]).all())  # the kept example of a fooled image fools
