@@ -1,5 +1,5 @@
 """What the results page shows, read from a study directory: ``results.json`` (written by
-``training.reproduce.write_results``), the stage files beside it, and the study's plan, so
+``training.study_state.write_results``), the stage files beside it, and the study's plan, so
 that every planned row appears, measured or not.
 
 A ``Row`` is one planned or measured evaluation setting; ``row.result`` is its record from
@@ -83,17 +83,17 @@ class StudyData:
 
 
 def _planned_rows(preset: str, root: Path) -> list[Row]:
-    """Every setting the study's plan holds (``training.reproduce.eval_settings``, which
+    """Every setting the study's plan holds (``training.study_state.eval_settings``, which
     plans without loading a model)."""
-    from .. import reproduce
     from ..study_plan import EvalStage, study_plan
+    from ..study_state import eval_settings
 
     args = argparse.Namespace(data_dir=None, device="cpu", progress=False)
     rows = []
     for stage in study_plan(preset).stages:
         if not isinstance(stage, EvalStage):
             continue
-        for item in reproduce.eval_settings(stage, root, args):
+        for item in eval_settings(stage, root, args):
             rows.append(
                 Row(
                     stage.name,
