@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,15 +37,6 @@ def make_attack(
     return build_attack(
         name, model, eps, steps=steps, alpha=None, stop_when_fooled=stop_when_fooled, seed=seed
     )
-
-
-@contextlib.contextmanager
-def _surrogate(model: Any, shape: str | None):
-    if shape is None or not isinstance(model, nn.Module):
-        yield
-    else:
-        with use_surrogate(model, shape):
-            yield
 
 
 @torch.no_grad()
@@ -102,7 +92,7 @@ def worst_case(
                 stop_when_fooled=defence.matches_attacked(threat),
             )  # fmt: skip
             settings = adversary.settings()
-            with _surrogate(attacked, shape):
+            with use_surrogate(attacked, shape):
                 out = adversary(xb[idx], yb[idx])
             newly = (predictions(judge, out, batch_size) != yb[idx]) & alive[idx]
             keep = torch.ones_like(newly) if i == 0 else newly
@@ -190,7 +180,7 @@ def adaptive(
                 alpha = 2.5 * eps / max(steps, 1)
                 attack = PGD(pipeline, eps, alpha, steps, loss_fn=loss, seed=batch_seed(seed, b))
                 settings = attack.settings()
-                with _surrogate(pipeline, shape):
+                with use_surrogate(pipeline, shape):
                     out = attack(x[idx], y[idx])
                 scores, wrong = state.update(defence, out, idx, y, threshold, i == 0, batch_size)
                 state.counts[f"lambda={lam:g}:{shape}"] += int(scores.pop("accepted"))
