@@ -4,7 +4,8 @@ Settings, each one JSON file ``<out>/<defence>/<threat model>/<attack>_steps<k>_
 .json`` (``key`` hashes the exact settings and checkpoints): the evaluation's attack (APGD-CE
 by default) classifier-only and end-to-end, and the adaptive attacker (``pgd-noise-aware``,
 end-to-end). An existing file is reused unless ``force``. The clean images' scores are
-recomputed every run (one purifier pass). ``<out>/detection.json`` gathers the summaries.
+recomputed every run (one purifier pass). ``<out>/detection.json`` gathers the summaries
+(rewritten after each setting, so an interrupted run shows what it finished).
 
 Every file carries the evaluation's fields (defence, threat_model, attack, eps, steps, n,
 clean/robust accuracy with Wilson 95 % intervals, seconds, device, settings) and, under
@@ -228,6 +229,18 @@ def plan(config: DetectionConfig) -> list[dict[str, Any]]:
     return items
 
 
+def _setting_file(out: Path, config: DetectionConfig, base: dict[str, Any], item: dict):
+    """A setting's exact settings, their hash and its result file."""
+    settings = {**base, "threat_model": item["threat"], "attack": item["attack"],
+                "steps": item["steps"]}  # fmt: skip
+    if item["attack"] == ADAPTIVE:
+        settings["lambdas"] = [float(lam) for lam in config.lambdas]
+    key = _key(settings)
+    path = result_path(out, config.defence, item["threat"], item["attack"], item["steps"],
+                       config.eps, key)  # fmt: skip
+    return settings, key, path
+
+
 def run_detection(
     config: DetectionConfig,
     log: Callable[[str], None] = print,
@@ -255,35 +268,33 @@ def run_detection(
         "surrogate_gradients": list(config.surrogates), "fpr": config.fpr, "eps": config.eps,
         "checkpoints": {role: item[2] for role, item in loaded.items()},
     }  # fmt: skip
-    results = []
-    for i, item in enumerate(plan(config), 1):
-        settings = {**base, "threat_model": item["threat"], "attack": item["attack"],
-                    "steps": item["steps"]}  # fmt: skip
-        if item["attack"] == ADAPTIVE:
-            settings["lambdas"] = [float(lam) for lam in config.lambdas]
-        key = _key(settings)
-        path = result_path(out, config.defence, item["threat"], item["attack"], item["steps"],
-                           config.eps, key)  # fmt: skip
-        label = f"[{i}/{len(plan(config))}] {config.defence}/{item['threat']}/{item['attack']}"
-        if path.exists() and not config.force:
-            result = json.loads(path.read_text())
-            log(f"{label}: reused {path.name}")
-        else:
+    results: list[dict[str, Any]] = []
+    summary: dict[str, Any] = {}
+    items = plan(config)
+    for i, item in enumerate(items, 1):
+        settings, key, path = _setting_file(out, config, base, item)
+        label = f"[{i}/{len(items)}] {config.defence}/{item['threat']}/{item['attack']}"
+        fresh = config.force or not path.exists()
+        if fresh:
             result = _run_setting(defence, clean, item, config, settings, device)
             result["key"] = key
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
             tmp.write_text(_dumps(result))
             tmp.replace(path)
-            if on_result is not None:
-                on_result(path, result)
             mean = result["detection"]["mean"]
             log(f"{label}: robust {result['robust_accuracy']:.1f}%, mean-noise AUC (fooled) "
                 f"{mean['auc_fooled']}, {result['seconds']:.0f} s")  # fmt: skip
-        result["file"] = str(path.relative_to(out))
-        results.append(result)
-    summary = summarise(results, clean, config)
-    (out / "detection.json").write_text(json.dumps(summary, indent=2) + "\n")
+        else:
+            result = json.loads(path.read_text())
+            log(f"{label}: reused {path.name}")
+        results.append({**result, "file": str(path.relative_to(out))})
+        # rewritten after each setting, before ``on_result``, so an interrupted run shows
+        # (and a commit in ``on_result`` holds) what it finished
+        summary = summarise(results, clean, config)
+        (out / "detection.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if fresh and on_result is not None:
+            on_result(path, result)
     return summary
 
 

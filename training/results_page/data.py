@@ -70,6 +70,8 @@ class StudyData:
     train_configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     stage_files: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     detection: list[dict[str, Any]] = field(default_factory=list)
+    # planned detection settings by stage: (threat model, attack, steps)
+    detection_plan: dict[str, list[tuple]] = field(default_factory=dict)
     plan_error: str | None = None
 
     def select(self, stage_prefix: str | tuple[str, ...], purpose: str = "table") -> list[Row]:
@@ -82,15 +84,19 @@ class StudyData:
         return "not in the plan"
 
 
-def _planned_rows(preset: str, root: Path) -> list[Row]:
+def _planned_rows(preset: str, root: Path) -> tuple[list[Row], dict[str, list[tuple]]]:
     """Every setting the study's plan holds (``training.study_state.eval_settings``, which
-    plans without loading a model)."""
-    from ..study_plan import EvalStage, study_plan
-    from ..study_state import eval_settings
+    plans without loading a model), and the planned detection settings by stage."""
+    from ..detection.suite import plan as detection_settings
+    from ..study_plan import DetectStage, EvalStage, study_plan
+    from ..study_state import detect_config, eval_settings
 
     args = argparse.Namespace(data_dir=None, device="cpu", progress=False)
-    rows = []
+    rows, detection = [], {}
     for stage in study_plan(preset).stages:
+        if isinstance(stage, DetectStage):
+            items = detection_settings(detect_config(stage, root, args))
+            detection[stage.name] = [(i["threat"], i["attack"], i["steps"]) for i in items]
         if not isinstance(stage, EvalStage):
             continue
         for item in eval_settings(stage, root, args):
@@ -105,7 +111,7 @@ def _planned_rows(preset: str, root: Path) -> list[Row]:
                     item["purpose"],
                 )
             )
-    return rows
+    return rows, detection
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -128,9 +134,9 @@ def load(root: str | Path) -> StudyData:
 
         info = get_preset(preset)
         dataset, eval_eps = info.dataset, info.eval_eps
-        planned = _planned_rows(preset, root)
+        planned, detection_plan = _planned_rows(preset, root)
     except Exception as exc:  # an unknown or changed preset: show what was measured
-        planned, plan_error = [], f"{type(exc).__name__}: {exc}"
+        planned, detection_plan, plan_error = [], {}, f"{type(exc).__name__}: {exc}"
     rows = {r.key: r for r in planned}
     for record in payload.get("evaluation", []):
         if record.get("purpose") == "detection":
@@ -158,6 +164,7 @@ def load(root: str | Path) -> StudyData:
         cut_from_plan=payload.get("cut_from_plan", []),
         training=payload.get("training", {}),
         plan_error=plan_error,
+        detection_plan=detection_plan,
     )
     for name in data.training:
         config = _read_json(root / name / "config.json")

@@ -146,10 +146,13 @@ def detection(data: StudyData) -> list[str]:
         "The paper reports no detector; these figures have no counterpart there.",
         "",
     ]
-    if not data.detection:
-        return out + [f"Detection: {MISSING}.", ""]
-    for summary in data.detection:
-        out += _detection_summary(summary)
+    summaries = {s["stage"]: s for s in data.detection}
+    names = list(data.detection_plan) + [n for n in summaries if n not in data.detection_plan]
+    if not names:
+        return out + [f"Detection: {MISSING} (no detection stage in the plan or on disk).", ""]
+    for name in names:
+        summary = summaries.get(name, {"stage": name, "results": []})
+        out += _detection_summary(summary, data.detection_plan.get(name, []))
     return out
 
 
@@ -167,16 +170,21 @@ def _rate(entry: dict | None) -> str:
     return f"{entry['percent']:.1f} % [{lo:.1f}, {hi:.1f}] of {entry['n']}"
 
 
-def _detection_summary(summary: dict) -> list[str]:
+def _detection_summary(summary: dict, planned: list[tuple]) -> list[str]:
     config = summary.get("config", {})
     out = [
-        f"**{summary['stage']}**: {config.get('defence', '?')}, ε = {config.get('eps', '?')}, "
+        f"**{summary['stage']}**: {config.get('defence', '')}, ε = {config.get('eps', '?')}, "
         f"threshold at {100 * config.get('fpr', 0.05):g} % false positives on the clean "
         "images of the calibration half; AUC of clean vs the examples that fool the pipeline "
         "(DeLong 95 % interval).",
         "",
     ]
-    body = []
+    done = {(r["threat_model"], r["attack"], r.get("steps")) for r in summary.get("results", [])}
+    body = [
+        (threat, attack_label(attack, steps), "every score", *([MISSING] * 5), "-")
+        for threat, attack, steps in planned
+        if (threat, attack, steps) not in done
+    ]
     for row in summary.get("results", []):
         for name, entry in row["detection"].items():
             body.append(

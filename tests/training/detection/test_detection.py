@@ -278,3 +278,23 @@ def test_more_surrogate_shapes_only_add_fooled_images(tiny_build, one_thread):
     with torch.no_grad():
         wrong = defence.pipeline(runs[1].images).argmax(1) != y
     assert bool((wrong[three]).all())  # the kept example of a fooled image fools
+
+
+class Interrupted(Exception):
+    """Stands in for a machine that goes away."""
+
+
+def test_an_interrupted_run_keeps_a_summary_and_continues(tiny_build, tmp_path, one_thread):
+    config = _config(tiny_build, tmp_path, adaptive=False)
+
+    def stop(path, result):
+        raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run_detection(config, log=lambda _: None, on_result=stop)
+    summary = json.loads((tmp_path / "detection.json").read_text())
+    assert [r["threat_model"] for r in summary["results"]] == ["classifier-only"]
+    ran = []
+    summary = run_detection(config, log=lambda _: None, on_result=lambda p, _: ran.append(p))
+    assert [p.parent.name for p in ran] == ["end-to-end"]
+    assert len(summary["results"]) == 2

@@ -97,7 +97,7 @@ def _stage(name, group, kind, state, progress, spent, left, device=""):
 
 
 def _detection_files(root: Path) -> None:
-    stage = root / "eval" / "detection-purifier"
+    stage = root / "eval" / "detect-purifier"
     setting = stage / "purifier" / "end-to-end" / "apgd-ce_eps0.10000_abc.json"
     setting.parent.mkdir(parents=True)
     block = {
@@ -113,7 +113,7 @@ def _detection_files(root: Path) -> None:
         "fooled_and_passed": {"k": 210, "n": 500, "percent": 42.0, "ci95": [37.8, 46.3]},
     }
     result = {
-        **_eval("detection-purifier", "purifier", "end-to-end", "apgd-ce", 40.0, (35.8, 44.4)),
+        **_eval("detect-purifier", "purifier", "end-to-end", "apgd-ce", 40.0, (35.8, 44.4)),
         "purpose": "detection",
         "detection": {"mean": block, "q95": block},
         "clean_scores": {"mean": [0.1, 0.2, 0.3, 0.15], "q95": [0.2, 0.3, 0.4, 0.25]},
@@ -251,6 +251,9 @@ def test_detection_stages_and_devices(page):
     assert "0.734 [0.688, 0.780]" in text
     assert "60.2 % [55.8, 64.4] of 500" in text and "42.0 % [37.8, 46.3] of 500" in text
     assert "λ = 100: 0.1712" in text
+    # the plan's classifier-only setting of the stage has no result file yet
+    row = _line(text, "| classifier-only | APGD-CE | every score |")
+    assert row.count(MISSING) == 5
     assert "95th percentile of the noise map" in text and "lead, not a result" in text
     assert "figure5-eps" in _line(text, "Cut because")
     assert "purifier-adaptive" in text and "over the 20 core-hour budget" in text
@@ -261,7 +264,7 @@ def test_plots_are_written_and_linked(page):
     text, out = page
     pngs = sorted(p.name for p in (out.parent / "results").glob("*.png"))
     assert pngs == [
-        "detection_detection-purifier.png",
+        "detection_detect-purifier.png",
         "headline.png",
         "sweep_steps.png",
         "training_time.png",
