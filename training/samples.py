@@ -46,7 +46,7 @@ from contract import (
     write_manifest,
 )
 
-from .attacks import APGD, APGDT, PGD
+from .attacks import Budget, build_attack
 from .data import dataset_info, load_split
 from .threat_models import PurifiedClassifier
 
@@ -137,8 +137,8 @@ def _autoattack_subset(
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """AutoAttack's first two stages as the reference cascade runs them: APGD-CE on every
     sample, then APGD-T on those it did not fool."""
-    apgd = APGD(model, eps, steps, seed=seed)
-    apgd_t = APGDT(model, eps, steps, seed=seed)
+    apgd = build_attack("apgd-ce", model, Budget(eps, steps=steps), seed=seed)
+    apgd_t = build_attack("apgd-t", model, Budget(eps, steps=steps), seed=seed)
     x_adv = apgd(x, y)
     with torch.no_grad():
         robust = (model(x_adv).argmax(1) == y).nonzero().flatten()
@@ -215,9 +215,9 @@ def write_samples(
     x, y = images[indices], labels[indices]
 
     pipeline = PurifiedClassifier(purifier, classifier)
-    alpha = 2.5 * eps / pgd_steps
-    pgd = PGD(classifier, eps, alpha, pgd_steps, seed=seed)
-    pgd_end_to_end = PGD(pipeline, eps, alpha, pgd_steps, seed=seed)
+    budget = Budget(eps, steps=pgd_steps)  # the default step size, 2.5 * eps / steps
+    pgd = build_attack("pgd", classifier, budget, seed=seed)
+    pgd_end_to_end = build_attack("pgd", pipeline, budget, seed=seed)
     with torch.enable_grad():
         autoattack, autoattack_settings = _autoattack_subset(
             classifier, x, y, eps, apgd_steps, seed

@@ -86,12 +86,14 @@ class Attack:
 
     Subclasses set ``name``, ``paper`` and ``norm`` and implement ``forward``; ``settings()``
     lists every knob that sets the attack's strength, so reports state the true budget.
+    Build attacks with ``build_attack`` (``factory.py``), which resolves a ``Budget``.
     """
 
     name = "attack"
     norm = "Linf"
     paper = ""
     uses_gradients = True
+    budget: Any = None  # the resolved ``Budget`` when ``build_attack`` made the attack
 
     def __init__(self, model: Model, eps: float, *, seed: int = 0):
         if not eps >= 0:
@@ -118,8 +120,12 @@ class Attack:
         return torch.Generator().manual_seed(self.seed)
 
     def settings(self) -> dict[str, Any]:
-        """The attack's full configuration as JSON-ready values."""
-        return {"attack": self.name, "norm": self.norm, "eps": self.eps, "seed": self.seed}
+        """The attack's full configuration as JSON-ready values (with the budget it was
+        built with, when ``build_attack`` built it)."""
+        out = {"attack": self.name, "norm": self.norm, "eps": self.eps, "seed": self.seed}
+        if self.budget is not None:
+            out["budget"] = self.budget.to_json()
+        return out
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v}" for k, v in self.settings().items() if k != "attack")

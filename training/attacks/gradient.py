@@ -50,7 +50,8 @@ class GaussianNoise(Attack):
         return (x + self.sigma * noise).clamp(0.0, 1.0)
 
     def settings(self) -> dict[str, Any]:
-        return {"attack": self.name, "norm": self.norm, "sigma": self.sigma, "seed": self.seed}
+        settings = {k: v for k, v in super().settings().items() if k != "eps"}
+        return settings | {"sigma": self.sigma}
 
 
 class FGSM(Attack):
@@ -86,8 +87,10 @@ class _SignGradientAttack(Attack):
         eot_samples: int = 1,
         stop_when_fooled: bool = False,
         seed: int = 0,
+        generator: torch.Generator | None = None,
     ):
         super().__init__(model, eps, seed=seed)
+        self._generator = generator  # draws the random start in place of ``seed``
         if steps < 0:
             raise ValueError(f"steps must be >= 0, got {steps}")
         if eot_samples < 1:
@@ -112,7 +115,7 @@ class _SignGradientAttack(Attack):
         if start is not None:
             x_adv = project_linf(start.detach().clone(), x, self.eps)
         elif self.random_start:
-            x_adv = uniform_start(x, self.eps, self.generator())
+            x_adv = uniform_start(x, self.eps, self._generator or self.generator())
         else:
             x_adv = x.clone()
         velocity = torch.zeros_like(x)
@@ -252,32 +255,3 @@ class BPDAEOT(PGD):
         **kwargs: Any,
     ):
         super().__init__(model, eps, alpha, steps, **kwargs)
-
-
-def fgsm(
-    model: Model, x: torch.Tensor, y: torch.Tensor, eps: float, loss_fn: LossFn | None = None
-) -> torch.Tensor:
-    """One FGSM step (see ``FGSM``); ``loss_fn(logits, y)`` may return a scalar or [B]."""
-    return FGSM(model, eps, loss_fn=loss_fn or cross_entropy)(x, y)
-
-
-def pgd(
-    model: Model,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    eps: float,
-    alpha: float,
-    steps: int,
-    random_start: bool = True,
-    generator: torch.Generator | None = None,
-    loss_fn: LossFn | None = None,
-) -> torch.Tensor:
-    """L-inf PGD returning the last iterate (Madry et al.; what adversarial training uses).
-
-    ``random_start=False`` gives I-FGSM with step ``alpha``. ``generator`` draws the random
-    start (default: a fresh generator seeded 0)."""
-    cls = PGD if random_start else IFGSM
-    attack = cls(model, eps, alpha, steps, loss_fn=loss_fn or cross_entropy)
-    if generator is not None and random_start:
-        return attack.run(x.detach(), y.detach(), uniform_start(x.detach(), eps, generator))
-    return attack(x, y)
