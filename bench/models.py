@@ -2,7 +2,7 @@
 
 For each model and width: images/s of a training-mode forward pass (autograd recording, as
 in a training step or a white-box attack) and of forward + backward, with the eager neuron
-kernels and with ``compile_kernels()``; and images/s of an inference forward pass (eval
+kernels and with compiled ones (``use_kernels``); and images/s of an inference forward pass (eval
 mode, no autograd: the path the exported ONNX graph follows, which the compiled kernels
 do not touch). Prints a Markdown table with the machine and the command.
 
@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from training.models import create_model, is_classifier
-from training.snn import compile_kernels
+from training.snn import use_kernels
 
 MODELS = ("senet18_snn", "purifier")
 
@@ -98,14 +98,11 @@ def measure(
         model.zero_grad(set_to_none=True)
         objective(model, x).backward()
 
-    compile_kernels(compiled)
-    try:
-        return (
-            images_per_second(forward, batch_size, iterations),
-            images_per_second(forward_backward, batch_size, iterations),
-        )
-    finally:
-        compile_kernels(False)
+    use_kernels(model, "compiled" if compiled else "eager")
+    return (
+        images_per_second(forward, batch_size, iterations),
+        images_per_second(forward_backward, batch_size, iterations),
+    )
 
 
 def measure_inference(name: str, width: int, batch_size: int, iterations: int) -> float:

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 CACHE_ROOT = Path(os.environ.get("SPIKEGUARD_TEST_CACHE", REPO / ".cache" / "tests"))
 SOURCES = [
-    "training/snn.py",
+    "training/snn/*.py",
     "training/models/__init__.py",
     "training/models/registry.py",
     "training/models/classifiers.py",

@@ -12,11 +12,12 @@ import torch
 from test_attacks import calibrate, make_blobs, tiny_model_registered, train_tiny
 
 from training.__main__ import main
+from training.attacks import Budget
 from training.checkpoint import save_checkpoint
-from training.evaluate import SuiteConfig, evaluate, run_suite
+from training.evaluation import SuiteConfig, evaluate, run_suite
+from training.evaluation.report import sanity_checks, wilson_interval
 from training.losses import charbonnier
 from training.models import create_model
-from training.report import sanity_checks, wilson_interval
 from training.threat_models import Defence
 
 N = 16
@@ -70,7 +71,7 @@ def workspace(tmp_path_factory, one_thread) -> Path:
 def cli(workspace: Path, out: Path, *extra: str) -> list[str]:
     return [
         "evaluate", "--classifier", str(workspace / "classifier"),
-        "--purifier", str(workspace / "purifier"), "--surrogate", str(workspace / "source"),
+        "--purifier", str(workspace / "purifier"), "--source", str(workspace / "source"),
         "--data-dir", str(workspace / "data"), "-n", str(N), "--batch-size", "16",
         "--out", str(out), "--surrogate-gradients", "rect1", *extra,
     ]  # fmt: skip
@@ -211,7 +212,7 @@ def test_worst_case_over_surrogates_never_helps_the_defender(workspace):
     model, _ = load_model(workspace / "classifier")
     x, y = make_blobs(32, seed=11)
     defence = Defence("none", model)
-    kwargs = {"eps": 0.1, "steps": 2, "alpha": 0.05, "seed": 0}
+    kwargs = {"budget": Budget(0.1, steps=2, step_size=0.05), "seed": 0}
     one = evaluate(defence, "end-to-end", "pgd", x, y, surrogates=["rect1"], **kwargs)
     both = evaluate(defence, "end-to-end", "pgd", x, y, surrogates=["rect1", "ste"], **kwargs)
     assert one["threat_model"] == both["threat_model"] == "white-box"
@@ -264,11 +265,11 @@ def test_missing_checkpoint_and_transfer_without_source(workspace, tmp_path, cap
     args = ["evaluate", "--classifier", str(workspace / "classifier"), "--threat-models",
             "transfer"]  # fmt: skip
     assert main(args) == 2
-    assert "needs --surrogate" in capsys.readouterr().err
+    assert "needs --source" in capsys.readouterr().err
     args = ["evaluate", "--classifier", str(workspace / "purifier")]
     assert main(args) == 2
     assert "not a classifier" in capsys.readouterr().err
-    args = ["evaluate", "--classifier", str(workspace / "classifier"), "--surrogate",
+    args = ["evaluate", "--classifier", str(workspace / "classifier"), "--source",
             str(workspace / "purifier")]  # fmt: skip
     assert main(args) == 2
     assert "holds a purifier" in capsys.readouterr().err

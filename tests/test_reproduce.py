@@ -14,10 +14,10 @@ import torch
 from safetensors.torch import load_file
 from test_train import make_tiny_dataset
 
-from training import evaluate as evaluate_module
 from training import reproduce
-from training import train as train_module
+from training import trainers as train_module
 from training.__main__ import main
+from training.evaluation import engine as evaluate_module
 from training.presets import PRESETS, Preset
 from training.study_plan import EvalStage, Study, TrainStage
 

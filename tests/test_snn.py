@@ -4,6 +4,8 @@ and ONNX export of an MLF unit."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 
 import numpy as np
@@ -14,24 +16,26 @@ from torch import nn
 from torch._inductor import cpp_builder
 
 from training.snn import (
+    EAGER,
     LIF,
     MLF,
     SURROGATES,
     ArcTan,
+    Kernels,
     Rectangular,
     SigmoidDerivative,
-    _Kernels,
-    _mlf_backward,
-    _mlf_forward,
-    _MLFFunction,
-    compile_kernels,
+    compiled_kernels,
     firing_rates,
     get_surrogate,
+    mlf_backward,
+    mlf_forward,
     mlf_reference,
     spike_count,
     spiking_neurons,
+    use_kernels,
     use_surrogate,
 )
+from training.snn.kernels import MLFFunction
 
 THRESHOLDS = (0.6, 1.6, 2.6)
 DECAY = 0.25
@@ -76,7 +80,7 @@ def test_lif_constant_inputs_match_eq5_by_hand(requires_grad: bool) -> None:
     expected_spikes = torch.tensor([LIF_CASES[v][1] for v in levels]).T.unsqueeze(1)
     assert torch.equal(out.detach(), expected_spikes)
 
-    _, potentials = _mlf_forward(x.detach(), _v_th((0.6,), x.dim()), DECAY)
+    _, potentials = mlf_forward(x.detach(), _v_th((0.6,), x.dim()), DECAY)
     expected_u = torch.tensor([LIF_CASES[v][0] for v in levels]).T.view(4, 1, 1, 3)
     torch.testing.assert_close(potentials, expected_u)
 
@@ -122,7 +126,7 @@ def test_mlf_sequence_matches_eq6_by_hand(requires_grad: bool) -> None:
     expected = torch.tensor([MLF_OUTPUT, CONSTANT_OUTPUT]).T.unsqueeze(1)
     assert torch.equal(out.detach(), expected)
 
-    _, potentials = _mlf_forward(x.detach(), _v_th(THRESHOLDS, x.dim()), DECAY)
+    _, potentials = mlf_forward(x.detach(), _v_th(THRESHOLDS, x.dim()), DECAY)
     # potentials: [T, K, B, N]; neuron 0 of batch item 0
     torch.testing.assert_close(potentials[:, :, 0, 0], torch.tensor(MLF_POTENTIALS))
     torch.testing.assert_close(potentials[:2, 0, 0, 1], torch.tensor([0.5, 0.625]))
@@ -211,7 +215,9 @@ def _random_membrane_input(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.randn(shape, generator=g) * 1.2 + 1.0
 
 
-def _check_fast_path_matches_autograd(surrogate_name: str, thresholds: tuple[float, ...]) -> None:
+def _check_fast_path_matches_autograd(
+    surrogate_name: str, thresholds: tuple[float, ...], kernels=EAGER
+) -> None:
     surrogate = get_surrogate(surrogate_name)
     x = _random_membrane_input(0, (4, 3, 2, 5))
     v_th = _v_th(thresholds, x.dim())
@@ -222,7 +228,7 @@ def _check_fast_path_matches_autograd(surrogate_name: str, thresholds: tuple[flo
     out_ref.backward(grad_out)
 
     x_fast = x.clone().requires_grad_()
-    out_fast = _MLFFunction.apply(x_fast, v_th, DECAY, surrogate)
+    out_fast = MLFFunction.apply(x_fast, v_th, DECAY, surrogate, kernels)
     out_fast.backward(grad_out)
 
     assert torch.equal(out_fast, out_ref)
@@ -253,24 +259,31 @@ def _compile_unavailable() -> str | None:
 
 
 @pytest.fixture
-def compiled_kernels():
-    """Compiled neuron kernels for one test; eager ones are restored whatever happens."""
+def compiled():
+    """The compiled neuron kernels (skipped where inductor cannot build CPU code)."""
     reason = _compile_unavailable()
     if reason:
         pytest.skip(reason)
-    compile_kernels()
-    try:
-        yield
-    finally:
-        compile_kernels(False)
-    assert _Kernels.forward is _mlf_forward and _Kernels.backward is _mlf_backward
+    return compiled_kernels()
 
 
 # two widths of the same surrogate class: a swapped surrogate must not reuse a stale kernel
 @pytest.mark.parametrize("name", ["rect1", "rect0.5"])
-def test_compiled_fast_path_matches_autograd_on_reference(compiled_kernels, name: str) -> None:
-    assert _Kernels.forward is not _mlf_forward and _Kernels.backward is not _mlf_backward
-    _check_fast_path_matches_autograd(name, THRESHOLDS)
+def test_compiled_fast_path_matches_autograd_on_reference(compiled, name: str) -> None:
+    assert compiled.forward is not mlf_forward and compiled.name == "compiled"
+    _check_fast_path_matches_autograd(name, THRESHOLDS, compiled)
+
+
+def test_kernels_are_chosen_per_model_not_per_process() -> None:
+    first, second = nn.Sequential(MLF(), LIF()), nn.Sequential(MLF())
+    fast = Kernels("test", mlf_forward, mlf_backward)
+    use_kernels(first, fast)
+    assert [m.kernels for _, m in spiking_neurons(first)] == [fast, fast]
+    assert [m.kernels for _, m in spiking_neurons(second)] == [EAGER]
+    with pytest.raises(ValueError, match="unknown kernels"):
+        use_kernels(second, "fastest")
+    x = _random_membrane_input(3, (4, 2, 6)).requires_grad_()
+    assert torch.equal(first[0](x), second[0](x))  # same results whichever kernels
 
 
 # --------------------------------------------------------------------------- behaviour
@@ -329,26 +342,17 @@ def test_use_surrogate_swaps_and_restores() -> None:
 # --------------------------------------------------------------------------- ONNX
 
 
-def _export(module: nn.Module, x: torch.Tensor, path: str) -> str:
-    """Exports with the dynamo exporter, falling back to TorchScript; returns which one."""
-    try:
-        torch.onnx.export(module, (x,), path, dynamo=True, verbose=False, input_names=["x"])
-        return "dynamo"
-    except Exception:
-        torch.onnx.export(module, (x,), path, dynamo=False, input_names=["x"])
-        return "torchscript"
-
-
-def test_mlf_exports_to_onnx_and_onnxruntime_matches(tmp_path, record_property) -> None:
+def test_mlf_exports_to_onnx_and_onnxruntime_matches(tmp_path) -> None:
+    """With the dynamo exporter, the only one export uses: no fallback that could pass
+    while it fails."""
     neuron = MLF(THRESHOLDS, DECAY).eval()
     x = _mlf_input().expand(8, 3, 2).contiguous()
     x[:, 1] = _random_membrane_input(5, (8, 2))
     x[:, 2] = _random_membrane_input(6, (8, 2))
     path = str(tmp_path / "mlf.onnx")
-    with torch.no_grad():
-        exporter = _export(neuron, x, path)
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+        torch.onnx.export(neuron, (x,), path, dynamo=True, verbose=False, input_names=["x"])
         expected = neuron(x).numpy()
-    record_property("onnx_exporter", exporter)
 
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})

@@ -15,7 +15,8 @@ import torch
 
 from training.__main__ import main
 from training.checkpoint import load_model, read_meta
-from training.train import TrainConfig, train
+from training.config import TrainConfig
+from training.trainers import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,18 +132,23 @@ def test_unknown_command_option_exits_2(capsys):
 
 
 def test_adversarial_training_uses_examples_inside_the_ball(tmp_path, tiny_data, monkeypatch):
-    from training import attacks
-    from training import train as train_module
+    from training.trainers import classifier as train_module
 
     seen = []
-    real_pgd = attacks.pgd
+    real_build = train_module.build_attack
 
-    def recording_pgd(model, x, y, eps, alpha, steps, **kw):
-        x_adv = real_pgd(model, x, y, eps, alpha, steps, **kw)
-        seen.append(((x_adv - x).abs().max().item(), x_adv.min().item(), x_adv.max().item(), eps))
-        return x_adv
+    def recording_build(name, model, budget, **kw):
+        attack = real_build(name, model, budget, **kw)
 
-    monkeypatch.setattr(attacks, "pgd", recording_pgd)
+        def recording(x, y):
+            x_adv = attack(x, y)
+            linf = (x_adv - x).abs().max().item()
+            seen.append((linf, x_adv.min().item(), x_adv.max().item(), budget.eps))
+            return x_adv
+
+        return recording
+
+    monkeypatch.setattr(train_module, "build_attack", recording_build)
     cfg = tiny_config(tmp_path, tiny_data, command="adv-train", epochs=1, adv_eps=0.1,
                       adv_alpha=0.05, adv_steps=2)  # fmt: skip
     summary = train(cfg)
@@ -151,7 +157,6 @@ def test_adversarial_training_uses_examples_inside_the_ball(tmp_path, tiny_data,
         assert eps == 0.1 and linf <= eps + 1e-6 and lo >= 0 and hi <= 1
     assert any(linf > 0.05 for linf, *_ in seen)  # the examples really are perturbed
     assert "val_robust_acc" in summary["final"]
-    assert train_module  # imported for monkeypatching the attack module
 
 
 def test_purifier_training_lowers_reconstruction_error(tmp_path, tiny_data):
@@ -195,13 +200,13 @@ def test_mixed_purifier_batch_keeps_clean_images_and_draws_eps_per_image():
     """The shipped purifier's input: the first quarter clean, the rest FGSM at its own eps,
     exactly ``clip(x + eps_i * sign(grad))``."""
     from training.attacks import fgsm
-    from training.train import _fgsm, mixed_purifier_batch
+    from training.trainers.purifier import mixed_purifier_batch
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
     x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
     gen = torch.Generator().manual_seed(1)
-    out = mixed_purifier_batch(_fgsm, model, x, y, 0.2, 1, gen, clean_fraction=0.25, eps_min=0.05)
+    out = mixed_purifier_batch("fgsm", model, x, y, 0.2, 1, gen, clean_fraction=0.25, eps_min=0.05)
     assert torch.equal(out[:4], x[:4])
     linf = (out - x).flatten(1).abs().amax(1)[4:]
     assert (linf >= 0.05 - 1e-6).all() and (linf <= 0.2 + 1e-6).all()

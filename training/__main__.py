@@ -15,11 +15,15 @@ import sys
 from .data import DatasetNotFoundError
 from .errors import UsageError
 
+TRAIN = "training.trainers.cli"
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train-classifier": ("training.train", "train a spiking classifier (STBP)"),
-    "adv-train": ("training.train", "PGD adversarial training of a classifier (the baseline)"),
-    "train-purifier": ("training.train", "train the purifier against a classifier (Algorithm 1)"),
-    "evaluate": ("training.evaluate", "attack and evaluate defences under several threat models"),
+    "train-classifier": (TRAIN, "train a spiking classifier (STBP)"),
+    "adv-train": (TRAIN, "PGD adversarial training of a classifier (the baseline)"),
+    "train-purifier": (TRAIN, "train the purifier against a classifier (Algorithm 1)"),
+    "evaluate": (
+        "training.evaluation.cli",
+        "attack and evaluate defences under several threat models",
+    ),
     "detect": ("training.detection.cli", "the purifier's noise level as an attack detector"),
     "export": ("training.export.cli", "export purifier + classifier to ONNX with a manifest"),
     "validate-model": ("training.export.cli", "check a model directory against the contract"),

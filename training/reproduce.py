@@ -98,7 +98,7 @@ class Committer:
 
 
 def run_train_stage(stage: TrainStage, study: Study, out: Path, args, commit) -> None:
-    from .train import train
+    from .trainers import train
 
     run_dir = out / stage.name
     if (run_dir / "summary.json").exists():
@@ -117,7 +117,7 @@ def run_train_stage(stage: TrainStage, study: Study, out: Path, args, commit) ->
 
 
 def run_eval_stage(stage: EvalStage, study: Study, out: Path, args, commit) -> None:
-    from .evaluate import run_suite
+    from .evaluation import run_suite
 
     def on_result(path: Path, result: dict[str, Any]) -> None:
         commit(

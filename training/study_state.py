@@ -39,7 +39,7 @@ def _resolve(value: Any, out: Path) -> Any:
 def train_config(
     stage: TrainStage, study: Study, out: Path, args: argparse.Namespace, check: bool = True
 ):
-    from .train import config_for
+    from .config import config_for
 
     settings = {k: _resolve(v, out) for k, v in stage.settings.items()}
     settings.update(name=stage.name, runs_dir=str(out), device=args.device)
@@ -51,7 +51,7 @@ def train_config(
 
 
 def suite_config(stage: EvalStage, out: Path, args: argparse.Namespace):
-    from .evaluate import SuiteConfig
+    from .evaluation import SuiteConfig
 
     standard = {"none": "classifier", "purifier": "purifier", "adv-training": "adv_classifier"}
     base = stage.defences.get("none", ("clf-k3", None))[0]
@@ -81,7 +81,6 @@ def suite_config(stage: EvalStage, out: Path, args: argparse.Namespace):
         device="cuda" if args.device == "cuda" else "cpu",
         out=str(out / "eval" / stage.name),
         name=stage.name,
-        alpha=None,  # 2.5 * eps / steps: reaches the edge of the ball at any epsilon
         sanity=stage.sanity,
     )
 
@@ -149,7 +148,7 @@ def result_files(out: Path, stage: EvalStage | DetectStage) -> list[Path]:
 
 def eval_settings(stage: EvalStage, out: Path, args) -> list[dict[str, Any]]:
     """The stage's grid, planned without loading a model."""
-    from .evaluate import plan_grid
+    from .evaluation import plan_grid
     from .threat_models import Defence
 
     config = suite_config(stage, out, args)

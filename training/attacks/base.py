@@ -95,12 +95,15 @@ class Attack:
     uses_gradients = True
     budget: Any = None  # the resolved ``Budget`` when ``build_attack`` made the attack
 
-    def __init__(self, model: Model, eps: float, *, seed: int = 0):
+    def __init__(
+        self, model: Model, eps: float, *, seed: int = 0, generator: torch.Generator | None = None
+    ):
         if not eps >= 0:
             raise ValueError(f"eps must be >= 0, got {eps}")
         self.model = model
         self.eps = float(eps)
         self.seed = int(seed)
+        self._generator = generator
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or y.dim() != 1 or x.shape[0] != y.shape[0]:
@@ -117,6 +120,11 @@ class Attack:
         raise NotImplementedError
 
     def generator(self) -> torch.Generator:
+        """The attack's randomness: the generator it was given (training passes the epoch's,
+        and each call draws on from it), else a fresh one seeded with ``seed``. The
+        reference attacks (``reference.py``) take ``seed`` only."""
+        if self._generator is not None:
+            return self._generator
         return torch.Generator().manual_seed(self.seed)
 
     def settings(self) -> dict[str, Any]:

@@ -48,8 +48,8 @@ class Budget:
             problems.append(f"eps must be in [0, 1] (pixel units), got {self.eps}")
         if self.steps is not None and self.steps < 0:
             problems.append(f"steps must be >= 0, got {self.steps}")
-        if self.step_size is not None and not self.step_size > 0:
-            problems.append(f"step_size must be > 0, got {self.step_size}")
+        if self.step_size is not None and not self.step_size >= 0:
+            problems.append(f"step_size must be >= 0, got {self.step_size}")
         if self.restarts < 1 or self.eot_samples < 1:
             problems.append(
                 f"restarts and eot_samples must be >= 1, got {self.restarts}, {self.eot_samples}"
@@ -129,7 +129,8 @@ def resolve(name: str, budget: Budget) -> Budget:
     steps = None if spec.steps is None else (spec.steps if budget.steps is None else budget.steps)
     step_size = None
     if spec.step_size:
-        step_size = budget.step_size or default_step_size(budget.eps, steps)
+        given = budget.step_size
+        step_size = default_step_size(budget.eps, steps) if given is None else given
     return budget.replace(
         eps=0.0 if name == "gaussian" else budget.eps,
         steps=steps,
@@ -151,8 +152,8 @@ def build_attack(
     """The attack ``name`` on ``model`` within ``budget`` (resolved; see ``resolve``).
 
     ``stop_when_fooled`` freezes a sample once ``model`` misclassifies it (only where
-    ``model`` is the model being evaluated); ``generator`` draws the random start of the
-    sign-gradient attacks instead of ``seed`` (training draws it from the epoch's)."""
+    ``model`` is the model being evaluated); ``generator`` draws the randomness (random
+    start, noise) in place of ``seed`` (training passes the epoch's)."""
     spec = _spec(name)
     budget = resolve(name, budget)
     attacks = [
@@ -190,7 +191,7 @@ def pgd(
 def _make(name, spec, model, budget, stop_when_fooled, seed, generator) -> Attack:
     cls = spec.cls
     if name == "gaussian":
-        return cls(model, budget.sigma, seed=seed)
+        return cls(model, budget.sigma, seed=seed, generator=generator)
     if name in ("fgsm", "autoattack"):
         return cls(model, budget.eps, seed=seed)
     if name == "apgd-ce":

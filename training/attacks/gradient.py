@@ -39,8 +39,15 @@ class GaussianNoise(Attack):
     paper = "noise robustness test of the paper's Table 2"
     uses_gradients = False
 
-    def __init__(self, model: Model | None = None, sigma: float = 20 / 255, *, seed: int = 0):
-        super().__init__(model or (lambda x: x), 0.0, seed=seed)
+    def __init__(
+        self,
+        model: Model | None = None,
+        sigma: float = 20 / 255,
+        *,
+        seed: int = 0,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__(model or (lambda x: x), 0.0, seed=seed, generator=generator)
         if not sigma >= 0:
             raise ValueError(f"sigma must be >= 0, got {sigma}")
         self.sigma = float(sigma)
@@ -89,8 +96,7 @@ class _SignGradientAttack(Attack):
         seed: int = 0,
         generator: torch.Generator | None = None,
     ):
-        super().__init__(model, eps, seed=seed)
-        self._generator = generator  # draws the random start in place of ``seed``
+        super().__init__(model, eps, seed=seed, generator=generator)
         if steps < 0:
             raise ValueError(f"steps must be >= 0, got {steps}")
         if eot_samples < 1:
@@ -115,7 +121,7 @@ class _SignGradientAttack(Attack):
         if start is not None:
             x_adv = project_linf(start.detach().clone(), x, self.eps)
         elif self.random_start:
-            x_adv = uniform_start(x, self.eps, self._generator or self.generator())
+            x_adv = uniform_start(x, self.eps, self.generator())
         else:
             x_adv = x.clone()
         velocity = torch.zeros_like(x)

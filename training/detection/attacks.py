@@ -2,7 +2,7 @@
 
 * ``worst_case``: one of the evaluation's attacks (APGD-CE, PGD, ...) under a threat model,
   repeated with each surrogate gradient shape on the samples the defended pipeline still
-  classifies correctly, as ``training.evaluate`` does: an image counts as *fooled* if any
+  classifies correctly, as ``training.evaluation`` does: an image counts as *fooled* if any
   shape fools the pipeline, and the fooling example is the one kept.
 * ``adaptive``: the attacker who also keeps the noise level low. PGD end to end on
   ``CE(logits, y) - lambda * mean noise level`` for each lambda and surrogate shape; an
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..attacks import PGD, Attack, cross_entropy
+from ..attacks import PGD, SPECS, Attack, Budget, build_attack, cross_entropy
 from ..snn import use_surrogate
 from ..threat_models import Defence
 from .stats import image_scores
@@ -32,11 +32,8 @@ def make_attack(
 ) -> Attack:
     """The evaluation's attack ``name`` with its default budget (step size 2.5 eps / steps:
     the edge of the ball is reachable at any eps)."""
-    from ..evaluate import build_attack
-
-    return build_attack(
-        name, model, eps, steps=steps, alpha=None, stop_when_fooled=stop_when_fooled, seed=seed
-    )
+    budget = Budget(eps, steps=steps if SPECS[name].steps is not None else None)
+    return build_attack(name, model, budget, stop_when_fooled=stop_when_fooled, seed=seed)
 
 
 @torch.no_grad()

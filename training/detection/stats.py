@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..report import Z95, wilson_interval
+from ..evaluation.report import Z95, wilson_interval
 
 QUANTILE = 0.95
 # candidate scores, in the order reports list them; "mean" is the purifier's mean noise level

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import report
 from ..errors import UsageError
+from ..evaluation import report
 from ..threat_models import Defence
 from . import attacks as adv
 from . import stats

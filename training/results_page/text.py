@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from ..report import ATTACK_LABELS
+from ..evaluation.report import ATTACK_LABELS
 from .data import MISSING, Row
 
 DEFENCE_ORDER = (

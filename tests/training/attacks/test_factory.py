@@ -89,7 +89,7 @@ def test_budgets_an_attack_cannot_take_are_refused(name: str, budget: Budget, me
 @pytest.mark.parametrize(
     ("fields", "message"),
     [({"eps": -0.1}, "eps"), ({"eps": 0.1, "steps": -1}, "steps"),
-     ({"eps": 0.1, "step_size": 0}, "step_size"), ({"eps": 0.1, "restarts": 0}, "restarts")],
+     ({"eps": 0.1, "step_size": -0.01}, "step_size"), ({"eps": 0.1, "restarts": 0}, "restarts")],
 )  # fmt: skip
 def test_bad_budgets_are_refused(fields: dict, message: str):
     with pytest.raises(ValueError, match=message):

@@ -1,5 +1,5 @@
 """Statistics, sanity checks and the written report of an evaluation (``summary.md`` and
-PNG plots). Works on the result records ``training.evaluate`` writes, one dict each."""
+PNG plots). Works on the result records ``suite.py`` writes, one dict each."""
 
 from __future__ import annotations
 
