@@ -34,7 +34,7 @@ KERNEL_SOURCES := mlf_kernel/src/mlf.cc mlf_kernel/src/ort_abi.h
 KERNEL_FLAGS := -std=c++17 -O3 -fPIC -shared -ffp-contract=off -fno-exceptions -fno-rtti \
 	-fvisibility=hidden -Wall -Wextra -Werror -Wno-psabi -static-libstdc++ -static-libgcc
 
-.PHONY: help install kernel system-packages test lint format serve bench bench-models deploy-check e2e soak fuzz study study-status serve-cpu-check
+.PHONY: help install kernel system-packages test test-fast lint format serve bench bench-models deploy-check e2e soak fuzz study study-status serve-cpu-check
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' \
@@ -89,6 +89,11 @@ serve-cpu-check: $(INSTALLED) ## tests/service on the serve-cpu extra (onnxrunti
 		assert m.version("onnxruntime") and "CUDAExecutionProvider" not in onnxruntime.get_available_providers(); \
 		print("onnxruntime", onnxruntime.__version__, onnxruntime.__file__)'
 	$(SERVE_CPU_VENV)/bin/python -m pytest tests/service
+
+test-fast: $(INSTALLED) kernel ## lint, format check and the tests not marked slow or system (under two minutes)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest -m "not slow and not system"
 
 lint: $(INSTALLED) ## ruff lint and format check
 	$(BIN)/ruff check .

@@ -33,7 +33,6 @@ import argparse
 import asyncio
 import contextlib
 import datetime
-import importlib.util
 import io
 import json
 import os
@@ -52,8 +51,10 @@ import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests" / "deploy"))
-from deploy_helpers import Daemon, free_port, start_nginx, wait_until  # noqa: E402
+sys.path.insert(0, str(REPO))
+from harness.gateway import start_nginx  # noqa: E402
+from harness.service import ServiceProcess  # noqa: E402
+from harness.tiny_model import cached_build  # noqa: E402
 
 BACKPRESSURE = {429, 503}
 MEMORY_GROWTH_LIMIT = 0.05
@@ -62,10 +63,7 @@ REQUEST_TIMEOUT_S = 30.0
 
 def tiny_model_dir() -> Path:
     """The tiny exported model the tests use (built once, cached under .cache/tests/)."""
-    spec = importlib.util.spec_from_file_location("spikeguard_tests", REPO / "tests/conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module._cached_build() / "model"
+    return cached_build() / "model"
 
 
 def images(count: int = 16) -> list[bytes]:
@@ -375,24 +373,11 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = args.model_dir or tiny_model_dir()
     machine_text = machine()
     with tempfile.TemporaryDirectory(prefix="spikeguard-soak-") as workdir:
-        port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SPIKEGUARD_")}
-        env |= {
-            "SPIKEGUARD_MODEL_DIR": str(model_dir),
-            "SPIKEGUARD_HOST": "127.0.0.1",
-            "SPIKEGUARD_PORT": str(port),
-            "SPIKEGUARD_PROVIDERS": "cpu",
-        }
-        service = Daemon("service", [sys.executable, "-m", "service"], Path(workdir), env, REPO)
+        # the service's own thread default: the soak measures the deployed configuration
+        service = ServiceProcess(model_dir, Path(workdir), intra_op_threads=None)
         try:
-            base = f"http://127.0.0.1:{port}"
-
-            def ready() -> bool:
-                service.assert_running()
-                return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
-
-            wait_until(ready, 120, "the service's /readyz")
-            gateway = start_nginx(f"127.0.0.1:{port}", Path(workdir))
+            base = service.wait_ready(120).url
+            gateway = start_nginx(f"127.0.0.1:{service.port}", Path(workdir))
             try:
                 print(
                     f"soak: {args.concurrency} clients for {args.duration:.0f} s through "
@@ -415,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
                 gateway.daemon.stop()
         finally:
             service.stop()
-        summary = summarise(results, service.log_path.read_text(errors="replace"))
+        summary = summarise(results, service.log_text())
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(markdown(summary, args, model_dir, machine_text))

@@ -16,8 +16,6 @@ two config files:
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +24,6 @@ import pytest
 import yaml
 from deploy_helpers import (
     ALERT_RULES,
-    REPO,
     Daemon,
     Gateway,
     free_port,
@@ -36,32 +33,17 @@ from deploy_helpers import (
     wait_until,
 )
 
+from harness.service import ServiceProcess
+
 STARTUP_TIMEOUT_S = 90
 
 
 @pytest.fixture(scope="module")
 def service(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Base URL of the real service on the tiny exported model."""
-    port = free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("SPIKEGUARD_")}
-    env |= {
-        "SPIKEGUARD_MODEL_DIR": str(tiny_model_dir),
-        "SPIKEGUARD_HOST": "127.0.0.1",
-        "SPIKEGUARD_PORT": str(port),
-    }
-    log_dir = tmp_path_factory.mktemp("service")
-    daemon = Daemon("service", [sys.executable, "-m", "service"], log_dir, env=env, cwd=REPO)
-    base = f"http://127.0.0.1:{port}"
-    try:
-
-        def ready() -> bool:
-            daemon.assert_running()
-            return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
-
-        wait_until(ready, STARTUP_TIMEOUT_S, "the service's /readyz")
-        yield base
-    finally:
-        daemon.stop()
+    with ServiceProcess(tiny_model_dir, tmp_path_factory.mktemp("service")) as process:
+        process.wait_ready(STARTUP_TIMEOUT_S)
+        yield process.url
 
 
 @pytest.fixture(scope="module")

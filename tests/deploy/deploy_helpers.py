@@ -1,35 +1,29 @@
-"""Helpers shared by the deployment tests: config rendering, PromQL metric names, processes.
+"""Helpers shared by the deployment tests: the Prometheus config rendered for 127.0.0.1,
+PromQL metric names; processes, nginx and ``render`` come from ``harness/``.
 
 The nginx and Prometheus configs under deploy/ are the ones the tests run. They name compose
 hosts (``api:8000``, ``nginx-exporter:9113``) and container ports; ``render`` swaps such
-literals for local addresses and insists that every literal it swaps is present, so a config
-change that the tests no longer match fails loudly instead of testing something else.
+literals for local addresses and insists that every literal it swaps is present.
 """
 
 from __future__ import annotations
 
-import grp
 import json
-import os
-import pwd
 import re
-import shutil
-import signal
-import socket
-import subprocess
-import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+from harness.gateway import NGINX_CONF, Gateway, MissingBinary, need_binary, render
+from harness.gateway import start_nginx as harness_start_nginx
+from harness.processes import REPO, Daemon, find_binary, free_port, wait_until
+
+__all__ = ["NGINX_CONF", "REPO", "Daemon", "Gateway", "find_binary", "free_port", "render",
+           "wait_until"]  # fmt: skip
+
 DEPLOY = REPO / "deploy"
-NGINX_CONF = DEPLOY / "nginx" / "nginx.conf"
 PROMETHEUS_CONF = DEPLOY / "prometheus" / "prometheus.yml"
 ALERT_RULES = DEPLOY / "prometheus" / "alerts.yml"
 ALERT_RULES_TEST = DEPLOY / "prometheus" / "alerts_test.yml"
@@ -39,146 +33,17 @@ DASHBOARDS = DEPLOY / "grafana" / "dashboards"
 PROMETHEUS_SYNTHETIC = frozenset({"up", "ALERTS", "ALERTS_FOR_STATE"})
 
 
-def find_binary(name: str, *candidates: str) -> str | None:
-    """Path of an executable from PATH or one of the given absolute paths (e.g. /usr/sbin)."""
-    found = shutil.which(name)
-    if found:
-        return found
-    for path in candidates:
-        if os.access(path, os.X_OK):
-            return path
-    return None
-
-
 def require_binary(name: str, *candidates: str, package: str) -> str:
-    binary = find_binary(name, *candidates)
-    if binary is None:
-        pytest.skip(f"{name} not installed: the Makefile's setup installs Debian's {package}")
-    return binary
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def render(text: str, replacements: Mapping[str, str]) -> str:
-    """Replace each literal key by its value; every key must occur in ``text``."""
-    for old, new in replacements.items():
-        if old not in text:
-            raise AssertionError(f"config no longer contains {old!r}; update the test rendering")
-        text = text.replace(old, new)
-    return text
-
-
-def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
-    """Call ``check`` until it returns something truthy (returned) or ``timeout`` elapses."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-        except Exception as exc:  # retried until the deadline
-            last_error = exc
-        else:
-            if result:
-                return result
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}: {last_error}")
-
-
-class Daemon:
-    """A subprocess with its output in a log file, stopped with SIGTERM (then SIGKILL)."""
-
-    def __init__(
-        self,
-        name: str,
-        argv: list[str],
-        log_dir: Path,
-        env: dict | None = None,
-        cwd: Path | None = None,
-    ):
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            argv,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            cwd=cwd or log_dir,
-            start_new_session=True,
-        )
-
-    def log_tail(self, chars: int = 4000) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-    def assert_running(self) -> None:
-        if self.proc.poll() is not None:
-            raise AssertionError(
-                f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}"
-            )
-
-    def stop(self, timeout: float = 15.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self._log.close()
-        return self.proc.returncode
-
-
-# --- the gateway and Prometheus, rendered for 127.0.0.1 --------------------------------------
-
-
-@dataclass(frozen=True)
-class Gateway:
-    url: str  # public server (compose: published 8080)
-    status_url: str  # internal server (compose: 8081, unpublished)
-    daemon: Daemon
+    try:
+        return need_binary(name, *candidates, package=package)
+    except MissingBinary as exc:
+        pytest.skip(str(exc))
 
 
 def start_nginx(upstream: str, workdir: Path) -> Gateway:
-    """Debian's nginx on deploy/nginx/nginx.conf, proxying to ``upstream`` (host:port)."""
-    nginx = require_binary("nginx", "/usr/sbin/nginx", package="nginx-light")
-    public, internal = free_port(), free_port()
-    conf = workdir / "nginx.conf"
-    conf.write_text(
-        render(
-            NGINX_CONF.read_text(),
-            {
-                "listen 8080;": f"listen 127.0.0.1:{public};",
-                "listen 8081;": f"listen 127.0.0.1:{internal};",
-                "http://api:8000": f"http://{upstream}",
-            },
-        )
-    )
-    directives = f"daemon off; pid {workdir}/nginx.pid;"
-    if os.geteuid() == 0:
-        # As root nginx would hand its workers to "nobody"; keep them as the current user.
-        user = pwd.getpwuid(os.geteuid()).pw_name
-        directives += f" user {user} {grp.getgrgid(os.getegid()).gr_name};"
-    argv = [nginx, "-p", f"{workdir}/", "-e", "stderr", "-c", str(conf), "-g", directives]
-    daemon = Daemon("nginx", argv, workdir)
-    gateway = Gateway(f"http://127.0.0.1:{public}", f"http://127.0.0.1:{internal}", daemon)
-
-    def up() -> bool:
-        daemon.assert_running()
-        return httpx.get(f"{gateway.status_url}/healthz", timeout=2).status_code == 200
-
-    try:
-        wait_until(up, 20, "nginx")
-    except BaseException:
-        daemon.stop()
-        raise
-    return gateway
+    """``harness.gateway.start_nginx``, skipping the test where nginx is not installed."""
+    require_binary("nginx", "/usr/sbin/nginx", package="nginx-light")
+    return harness_start_nginx(upstream, workdir)
 
 
 def render_prometheus_config(service_target: str, exporter_target: str) -> dict:

@@ -4,18 +4,14 @@ chromedriver (Selenium). Screenshots go to ``test-artifacts/e2e/`` (git-ignored)
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from e2e_helpers import DEMO_SAMPLES, REPO
+
+from harness.service import ServiceProcess
 
 ARTIFACTS = REPO / "test-artifacts" / "e2e"
 READY_TIMEOUT_S = 90.0
@@ -37,52 +33,13 @@ def demo_model_dir(tiny_build: Path, tmp_path_factory: pytest.TempPathFactory) -
     return model_dir
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def demo_server(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A ready ``python -m service`` serving ``demo_model_dir``; yields its base URL."""
-    port = _free_port()
-    log_path = tmp_path_factory.mktemp("service") / "service.log"
-    env = {
-        **os.environ,
-        "SPIKEGUARD_MODEL_DIR": str(demo_model_dir),
-        "SPIKEGUARD_INTRA_OP_THREADS": "1",
-        "SPIKEGUARD_PROVIDERS": "cpu",
-        "SPIKEGUARD_MAX_UPLOAD_BYTES": "100000",  # small enough to test the page's 413 message
-    }
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"the service did not get ready:\n{log_path.read_text()}")
-            time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    log_dir = tmp_path_factory.mktemp("service")
+    # an upload limit small enough to test the page's 413 message
+    with ServiceProcess(demo_model_dir, log_dir, max_upload_bytes=100_000) as process:
+        yield process.wait_ready(READY_TIMEOUT_S).url
 
 
 @pytest.fixture(scope="module")

@@ -3,19 +3,16 @@ lifespan) and as a real ``python -m service`` process on a free port."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from service_helpers import REPO, free_port, png_bytes, wait_ready
+from service_helpers import png_bytes, wait_ready
 
+from harness.service import ServiceProcess
 from service.app import create_app
 from service.config import Settings
 
@@ -62,46 +59,17 @@ def fashion_png(fashion_images) -> bytes:
 
 @pytest.fixture
 def start_server(tiny_model_dir: Path, tmp_path: Path) -> Iterator[Callable[..., str]]:
-    """``start_server(wait=True, **env)``: a real ``python -m service`` on
-    127.0.0.1:<free port>, ready (or, ``wait=False``, live); returns its base URL. Extra
-    settings go in as SPIKEGUARD_* variables."""
-    processes: list[subprocess.Popen] = []
-    logs = []
+    """``start_server(wait=True, **settings)``: a real ``python -m service`` on
+    127.0.0.1:<free port> (``harness.service.ServiceProcess``), ready (or, ``wait=False``,
+    live); returns its base URL. Settings become SPIKEGUARD_* variables."""
+    processes: list[ServiceProcess] = []
 
     def start(wait: bool = True, **settings) -> str:
-        port = free_port()
-        env = {
-            **os.environ,
-            "SPIKEGUARD_MODEL_DIR": str(tiny_model_dir),
-            "SPIKEGUARD_INTRA_OP_THREADS": "1",
-            "SPIKEGUARD_PROVIDERS": "cpu",
-            **{f"SPIKEGUARD_{k.upper()}": str(v) for k, v in settings.items()},
-        }
-        log = open(tmp_path / f"service-{port}.log", "w")  # noqa: SIM115 - closed at teardown
-        logs.append(log)
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        processes.append(process)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            with httpx.Client(base_url=url, timeout=5) as http:
-                wait_ready(http.get, path="/readyz" if wait else "/healthz")
-        except AssertionError:
-            process.terminate()
-            raise AssertionError((tmp_path / f"service-{port}.log").read_text()) from None
-        return url
+        model_dir = settings.pop("model_dir", tiny_model_dir)
+        log_dir = tmp_path / f"service-{len(processes)}"
+        processes.append(ServiceProcess(model_dir, log_dir, **settings))
+        return processes[-1].wait_ready(path="/readyz" if wait else "/healthz").url
 
     yield start
     for process in processes:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    for log in logs:
-        log.close()
+        process.stop(timeout=10)

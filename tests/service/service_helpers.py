@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import io
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +11,10 @@ from pathlib import Path
 import httpx
 from fastapi.testclient import TestClient
 from PIL import Image
+
+from harness.processes import free_port
+
+__all__ = ["free_port"]
 
 REPO = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 60.0
@@ -49,9 +52,3 @@ def png_bytes(image: Image.Image, format: str = "PNG", **save_args) -> bytes:
     out = io.BytesIO()
     image.save(out, format=format, **save_args)
     return out.getvalue()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -50,6 +50,7 @@ def test_old_checkpoints_load_and_fire(study: Path):
         ("train-purifier", "purifier", {"classifier": "runs/clf"}),
     ],
 )
+@pytest.mark.slow
 def test_old_runs_resume_where_they_stopped(study: Path, command: str, name: str, settings):
     """A run of 2 epochs interrupted after the first: its config.json as the old code
     wrote it (``epochs`` aside), which lacks settings added since."""

@@ -5,21 +5,11 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
+from ..evaluation.config import pixels
 from ..snn import SURROGATES
 from .suite import DetectionConfig, run_detection
 
 DEFAULTS = {f.name: f.default for f in fields(DetectionConfig)}
-
-
-def _fraction(text: str) -> float:
-    """A float; ``8/255`` style fractions are accepted too."""
-    try:
-        if "/" in text:
-            num, den = text.split("/")
-            return float(num) / float(den)
-        return float(text)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
 
 
 def configure(parser: argparse.ArgumentParser, command: str) -> None:
@@ -31,7 +21,7 @@ def configure(parser: argparse.ArgumentParser, command: str) -> None:
     add("--attack", default=DEFAULTS["attack"], help="the attack (default apgd-ce)")
     add("--threat-models", nargs="+", default=list(DEFAULTS["threat_models"]),
         help="threat models of the attack (default: classifier-only end-to-end)")  # fmt: skip
-    add("--eps", type=_fraction, default=DEFAULTS["eps"], help="L-inf budget (default 0.1)")
+    add("--eps", type=pixels, default=DEFAULTS["eps"], help="L-inf budget (default 0.1)")
     add("--steps", type=int, help="the attack's steps (default: its own, APGD-CE 100)")
     add("--no-adaptive", dest="adaptive", action="store_false",
         help="skip the adaptive attacker who keeps the noise level low")  # fmt: skip
@@ -42,7 +32,7 @@ def configure(parser: argparse.ArgumentParser, command: str) -> None:
     add("--surrogate-gradients", nargs="+", dest="surrogates", metavar="NAME",
         default=list(DEFAULTS["surrogates"]),
         help=f"per-sample worst case over these (choose from {sorted(SURROGATES)})")  # fmt: skip
-    add("--fpr", type=_fraction, default=DEFAULTS["fpr"],
+    add("--fpr", type=pixels, default=DEFAULTS["fpr"],
         help="false-positive rate of the threshold on clean images (default 0.05)")  # fmt: skip
     add("-n", type=int, default=DEFAULTS["n"], help="test images (random subset; default 500)")
     add("--dataset", help="dataset, when the checkpoint does not record it")

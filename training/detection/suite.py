@@ -30,6 +30,7 @@ import torch
 
 from ..errors import UsageError
 from ..evaluation import report
+from ..evaluation.loading import resolve_device
 from ..threat_models import Defence
 from . import attacks as adv
 from . import stats
@@ -100,16 +101,6 @@ def validate(config: DetectionConfig) -> None:
         raise UsageError(f"--lambdas must be >= 0, got {list(config.lambdas)}")
     if config.adaptive_steps < 1 or (config.steps is not None and config.steps < 1):
         raise UsageError("--steps and --adaptive-steps must be >= 1")
-
-
-def _resolve_device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise UsageError(f"bad --device {name!r}: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: CUDA is not available on this machine")
-    return device
 
 
 def _device_name(device: torch.device) -> str:
@@ -251,7 +242,7 @@ def run_detection(
     from ..data import load_split
 
     validate(config)
-    device = _resolve_device(config.device)
+    device = resolve_device(config.device)
     loaded = _load(config, device)
     dataset = config.dataset or loaded["classifier"][1].get("dataset")
     if not dataset:

@@ -35,7 +35,9 @@ def _uses_gradients(attack: str) -> bool:
 
 
 @contextlib.contextmanager
-def _surrogate(model: Any, shape: str | None):
+def surrogate_gradient(model: Any, shape: str | None):
+    """``model`` with the surrogate gradient ``shape`` (None, or a model that is not a
+    module: as it is)."""
     if shape is None or not isinstance(model, nn.Module):
         yield
     else:
@@ -73,7 +75,7 @@ def _attack_survivors(
         adversary = build_attack(
             attack, attacked, budget, stop_when_fooled=stop_when_fooled, seed=seed
         )
-        with _surrogate(attacked, shape):
+        with surrogate_gradient(attacked, shape):
             x_adv = adversary(x[idx], y[idx])
         if attack in BOUNDED:
             excess, eps = float((x_adv - x[idx]).abs().max()), budget.eps
@@ -173,7 +175,7 @@ def input_gradient_stats(
 ) -> dict[str, float]:
     """Raw input gradient of the margin loss (which, unlike cross-entropy, does not
     saturate): fraction of samples whose gradient is all zero or has a non-finite entry."""
-    with _surrogate(model, surrogate), torch.enable_grad():
+    with surrogate_gradient(model, surrogate), torch.enable_grad():
         x = images.detach().clone().requires_grad_(True)
         (grad,) = torch.autograd.grad(margin_loss(model(x), labels).sum(), x)
     flat = grad.flatten(1)

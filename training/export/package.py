@@ -139,7 +139,8 @@ def build_manifest(
     parity: Parity,
     samples: list[SampleRecord],
 ) -> Manifest:
-    """The manifest of the graphs in ``directory`` (hashed here) and where they came from."""
+    """The manifest of the graphs in ``directory`` (hashed here) and where they came from.
+    Its length is the manifest's document spelt out field by field, one place to read it."""
     normalize = classifier.model.normalize
 
     def file_entry(role: str) -> dict[str, Any]:
@@ -230,7 +231,10 @@ def export_model(
     """Exports, verifies and installs a model directory; returns the manifest.
 
     Raises ``UsageError`` (nothing written) when the checkpoints do not fit together, the
-    output exists without ``force``, or ONNX Runtime does not reproduce PyTorch."""
+    output exists without ``force``, or ONNX Runtime does not reproduce PyTorch. The steps
+    stay in one function, in order, inside the one ``try`` that removes the staging
+    directory whatever fails; each step is a call into ``graphs``, ``parity``, samples or
+    the manifest."""
     out = Path(out)
     if out.exists() and not force:
         raise UsageError(f"{out} exists; pass --force to replace it")

@@ -18,6 +18,7 @@ from training.export.package import Checkpoint, matching_dataset
 from training.export.parity import Parity
 
 
+@pytest.mark.slow
 def test_the_tiny_model_keeps_the_contract(tiny_model_dir: Path, capsys):
     result = validate_model(tiny_model_dir)
     assert result.ok, result.problems
@@ -26,6 +27,7 @@ def test_the_tiny_model_keeps_the_contract(tiny_model_dir: Path, capsys):
     assert "keeps the contract" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_wrong_recorded_accuracy_is_reported(model_dir_copy: Path, capsys):
     path = model_dir_copy / "manifest.json"
     manifest = json.loads(path.read_text())

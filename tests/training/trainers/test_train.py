@@ -2,45 +2,22 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from tiny_data import make_tiny_dataset
 
 from training.__main__ import main
 from training.checkpoint import load_model, read_meta
 from training.config import TrainConfig
 from training.trainers import train
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
-def make_tiny_dataset(root: Path, n_train: int = 320, n_test: int = 64, size: int = 12) -> Path:
-    """Ten classes, each a bright square at its own position on a noisy background: easy
-    enough that a few dozen SGD steps separate them."""
-    rng = np.random.default_rng(0)
-    root.mkdir(parents=True, exist_ok=True)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        labels = rng.integers(0, 10, n)
-        images = rng.integers(0, 60, (n, size, size))
-        for i, label in enumerate(labels):
-            r, c = divmod(int(label), 4)
-            images[i, 1 + 3 * r : 4 + 3 * r, 1 + 3 * c : 3 + 3 * c] = 255
-        _write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
-        _write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
-    return root
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +39,7 @@ def read_log(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_classifier_loss_falls_and_run_is_recorded(tmp_path, tiny_data):
     summary = train(tiny_config(tmp_path, tiny_data, epochs=3))
     run_dir = Path(summary["run_dir"])
@@ -76,6 +54,7 @@ def test_classifier_loss_falls_and_run_is_recorded(tmp_path, tiny_data):
     assert meta["config"]["width"] == 4
 
 
+@pytest.mark.slow
 def test_resume_matches_uninterrupted_run(tmp_path, tiny_data):
     full = train(tiny_config(tmp_path / "a", tiny_data, epochs=2))
     train(tiny_config(tmp_path / "b", tiny_data, epochs=1))
@@ -93,6 +72,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, tiny_data):
     )
 
 
+@pytest.mark.slow
 def test_existing_run_is_refused_without_force(tmp_path, tiny_data, capsys):
     args = [
         "train-classifier", "--runs-dir", str(tmp_path), "--name", "r", "--data-dir",
@@ -131,6 +111,7 @@ def test_unknown_command_option_exits_2(capsys):
     assert exc.value.code == 2
 
 
+@pytest.mark.slow
 def test_adversarial_training_uses_examples_inside_the_ball(tmp_path, tiny_data, monkeypatch):
     from training.trainers import classifier as train_module
 
@@ -159,6 +140,7 @@ def test_adversarial_training_uses_examples_inside_the_ball(tmp_path, tiny_data,
     assert "val_robust_acc" in summary["final"]
 
 
+@pytest.mark.slow
 def test_purifier_training_lowers_reconstruction_error(tmp_path, tiny_data):
     classifier = train(tiny_config(tmp_path, tiny_data, name="clf", epochs=3))
     cfg = tiny_config(
@@ -180,6 +162,7 @@ def test_purifier_training_lowers_reconstruction_error(tmp_path, tiny_data):
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is exercised on Linux")
+@pytest.mark.system
 def test_distributed_two_processes_stay_in_sync(tmp_path, tiny_data):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [

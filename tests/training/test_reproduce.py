@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train import make_tiny_dataset
+from tiny_data import make_tiny_dataset
 
 from training import reproduce
 from training import trainers as train_module
@@ -120,6 +120,7 @@ def outcome(root: Path) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_study_continues_from_a_fresh_clone(tmp_path, monkeypatch):
     data = make_tiny_dataset(tmp_path / "data")
 

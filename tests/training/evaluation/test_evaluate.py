@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_attacks import calibrate, make_blobs, tiny_model_registered, train_tiny
+from tiny_snn import calibrate, make_blobs
 
 from training.__main__ import main
 from training.attacks import Budget
@@ -28,17 +28,12 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     path.write_bytes(header + array.astype(np.uint8).tobytes())
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with tiny_model_registered():
-        yield
-    torch.set_num_threads(previous)
+# whole evaluations of the tiny models: each module fixture takes tens of seconds
+pytestmark = [pytest.mark.usefixtures("registered_tiny_snn"), pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory, one_thread) -> Path:
+def workspace(tmp_path_factory, tiny_snn, tiny_snn_source) -> Path:
     """Checkpoints (classifier, transfer source, purifier) and an IDX test split."""
     root = tmp_path_factory.mktemp("evaluate")
     images, labels = make_blobs(200, seed=7)
@@ -47,8 +42,8 @@ def workspace(tmp_path_factory, one_thread) -> Path:
     write_idx(data / "t10k-images-idx3-ubyte", (images[:, 0] * 255).round().numpy())
     write_idx(data / "t10k-labels-idx1-ubyte", labels.numpy())
     meta = {"dataset": "mnist"}
-    save_checkpoint(root / "classifier" / "best.safetensors", train_tiny(seed=0), meta)
-    save_checkpoint(root / "source" / "best.safetensors", train_tiny(seed=1), meta)
+    save_checkpoint(root / "classifier" / "best.safetensors", tiny_snn, meta)
+    save_checkpoint(root / "source" / "best.safetensors", tiny_snn_source, meta)
 
     torch.manual_seed(0)
     purifier = create_model("purifier", width=4, in_channels=1, timesteps=2)

@@ -41,16 +41,6 @@ THRESHOLDS = (0.6, 1.6, 2.6)
 DECAY = 0.25
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a busy machine the thread
-    hand-offs cost more than the work; the previous setting is restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _v_th(thresholds: tuple[float, ...], dims: int) -> torch.Tensor:
     return torch.tensor(thresholds).view((len(thresholds),) + (1,) * (dims - 1))
 
@@ -269,6 +259,7 @@ def compiled():
 
 # two widths of the same surrogate class: a swapped surrogate must not reuse a stale kernel
 @pytest.mark.parametrize("name", ["rect1", "rect0.5"])
+@pytest.mark.slow
 def test_compiled_fast_path_matches_autograd_on_reference(compiled, name: str) -> None:
     assert compiled.forward is not mlf_forward and compiled.name == "compiled"
     _check_fast_path_matches_autograd(name, THRESHOLDS, compiled)
@@ -342,6 +333,7 @@ def test_use_surrogate_swaps_and_restores() -> None:
 # --------------------------------------------------------------------------- ONNX
 
 
+@pytest.mark.slow
 def test_mlf_exports_to_onnx_and_onnxruntime_matches(tmp_path) -> None:
     """With the dynamo exporter, the only one export uses: no fallback that could pass
     while it fails."""

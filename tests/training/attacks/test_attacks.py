@@ -1,4 +1,5 @@
-"""Attacks on a tiny spiking classifier trained (in a module fixture) on generated data.
+"""Attacks on the tiny spiking classifier (``tiny_snn.py``, a session fixture) trained on
+generated data.
 
 The classifier is built from the project's MLF neurons (encoder, one strided spiking conv,
 linear readout); it is trained until it fires in eval mode and classifies well, which the
@@ -7,11 +8,9 @@ fixture asserts, so the attacks are tested against a network whose gradients exi
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import pytest
 import torch
+from tiny_snn import IMAGE, calibrate, make_blobs
 from torch import nn
 
 from training.attacks import (
@@ -31,99 +30,16 @@ from training.attacks import (
     fgsm,
     pgd,
 )
-from training.models import create_model, register_model, registry
-from training.snn import ConvBNSpike, DirectEncoder, NeuronConfig, firing_rates, use_surrogate
+from training.models import create_model
+from training.snn import firing_rates, use_surrogate
 from training.threat_models import BPDAPipeline
 
-IMAGE = 12
-CLASSES = 10
-
-
-class TinySNN(nn.Module):
-    """Direct encoder + one strided spiking conv + linear readout (mean over T)."""
-
-    def __init__(self, in_channels: int = 1, num_classes: int = CLASSES, width: int = 8,
-                 timesteps: int = 2, image_size: int = IMAGE):  # fmt: skip
-        super().__init__()
-        neurons = NeuronConfig.from_kwargs(None, 0.25, timesteps)
-        self.encoder = DirectEncoder(in_channels, width, neurons)
-        self.block = ConvBNSpike(width, 2 * width, neurons, stride=2)
-        self.fc = nn.Linear(2 * width * ((image_size + 1) // 2) ** 2, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.block(self.encoder(x)).mean(0).flatten(1))
-
-
-def tiny_snn_test(**kwargs) -> TinySNN:
-    return TinySNN(**kwargs)
-
-
-@contextlib.contextmanager
-def tiny_model_registered() -> Iterator[None]:
-    """``tiny_snn_test`` in the model registry (so checkpoints of it load) while the
-    tests that need it run, and out of it afterwards, so no other test sees it."""
-    register_model(tiny_snn_test)
-    try:
-        yield
-    finally:
-        registry._MODELS.pop("tiny_snn_test", None)
-
-
-def make_blobs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """10 classes: a bright 3x2 patch at a class-specific place on a noisy background."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, CLASSES, (n,), generator=g)
-    images = 0.3 * torch.rand(n, 1, IMAGE, IMAGE, generator=g)
-    for i, label in enumerate(labels.tolist()):
-        row, col = divmod(label, 5)
-        images[i, 0, 2 + 5 * row : 5 + 5 * row, 1 + 2 * col : 3 + 2 * col] += 0.5
-    return images.clamp(0, 1), labels
-
-
-def calibrate(model: nn.Module, images: torch.Tensor) -> None:
-    """Train-mode passes with cumulative BatchNorm averages, so eval mode fires at once."""
-    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(images)
-    for m in norms:
-        m.momentum = 0.1
-
-
-def train_tiny(seed: int, steps: int = 40) -> nn.Module:
-    torch.manual_seed(seed)
-    model = create_model("tiny_snn_test")
-    images, labels = make_blobs(512, seed=100 + seed)
-    calibrate(model, images)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    model.train()
-    for step in range(steps):
-        idx = torch.arange(step * 64, step * 64 + 64) % len(labels)
-        loss = nn.functional.cross_entropy(model(images[idx]), labels[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    calibrate(model, images)
-    return model.eval()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two threads on a shared two-core machine thrash; one is several times faster. The
-    tiny model is registered for the module's duration."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with tiny_model_registered():
-        yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("registered_tiny_snn")
 
 
 @pytest.fixture(scope="module")
-def model(one_thread) -> nn.Module:
-    model = train_tiny(seed=0)
+def model(tiny_snn) -> nn.Module:
+    model = tiny_snn
     images, _ = make_blobs(64, seed=1)
     rates = firing_rates(model, images)
     assert rates and all(r > 0.01 for r in rates.values()), rates

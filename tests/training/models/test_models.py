@@ -29,16 +29,6 @@ PAPER_SIZES = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a busy machine the thread
-    hand-offs cost more than the work; the previous setting is restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def tiny_model(name: str, in_channels: int = 1) -> nn.Module:
     kwargs: dict = dict(width=4, in_channels=in_channels, timesteps=2)
     if is_classifier(name):
