@@ -100,40 +100,86 @@ def ratios(results: dict) -> list[dict]:
 
 
 def recommended_settings(results: dict) -> list[str]:
-    """Batch size and wait from the sweep: the most req/s at concurrency 32 whose p99 at
-    concurrency 1 stays within 1.5x its p50; ties to the smaller batch and wait."""
-    sweep = [r for r in results.get("service", []) if r["mode"] == "sweep"]
-    if not sweep:
-        return ["- no sweep in this run (`--skip sweep`)."]
-    by = {(r["max_batch_size"], r["batch_wait_ms"], r["concurrency"]): r for r in sweep}
-    options = []
-    for batch in SWEEP_BATCH:
-        for wait in SWEEP_WAIT_MS:
-            loaded, alone = by.get((batch, wait, 32)), by.get((batch, wait, 1))
-            if loaded and alone:
-                options.append((batch, wait, loaded, alone))
-    steady = [o for o in options if o[3]["p99_ms"] <= 1.5 * o[3]["p50_ms"]] or options
-    top = max(o[2]["requests_per_s"] for o in steady)
-    batch, wait, loaded, alone = min(
-        (o for o in steady if o[2]["requests_per_s"] >= 0.97 * top), key=lambda o: (o[0], o[1])
-    )
-    cores = results["machine"]["cores"]
-    lines = [
-        "- Sweep (concurrency 32 req/s / concurrency 1 p50 ms): "
-        + "; ".join(
-            f"batch {b} wait {w:g} ms: {lo['requests_per_s']:.0f} / {al['p50_ms']:.1f}"
-            for b, w, lo, al in options
+    """What the sweep says about batch size, wait and threads, and the settings to use: the
+    service's defaults unless another setting beats them by more than 10 % at concurrency
+    32 (a smaller gap is within a shared machine's run-to-run noise)."""
+    service = results.get("service", [])
+    by = {
+        (r["mode"], r["max_batch_size"], r["batch_wait_ms"], r["concurrency"]): r for r in service
+    }
+    lines = []
+    loaded = by.get(("native", DEFAULT_BATCH, DEFAULT_WAIT_MS, 32))
+    if loaded and "inference_share" in loaded:
+        bound = "inference" if loaded["inference_share"] >= 0.6 else "the HTTP path"
+        lines.append(
+            f"- At concurrency 32 the service spent {loaded['inference_share']:.0%} of the wall "
+            f"time in inference and its batches held {loaded['mean_batch']:.1f} images on "
+            f"average: {bound} bounds throughput here"
+            + (
+                " (upload parsing, decoding and JSON on the event loop, and on this machine "
+                "the load generator on the same core), so requests reach the batcher one or "
+                "two at a time and batch size and wait barely bind."
+                if bound != "inference"
+                else "."
+            )
         )
-        + ".",
-        f"- Recommended: SPIKEGUARD_MAX_BATCH_SIZE={batch}, SPIKEGUARD_BATCH_WAIT_MS={wait:g} "
-        f"({loaded['requests_per_s']:.0f} req/s at concurrency 32, p50 {alone['p50_ms']:.1f} ms "
-        f"and p99 {alone['p99_ms']:.1f} ms alone): within 3% of the best throughput of the "
-        "settings whose lone-request p99 stays under 1.5x p50, the smallest batch and wait.",
-        f"- Threads: {results['threads']} intra-op thread(s) on {cores} usable core(s). "
-        "Decoding and HTTP run on the event loop, inference in one worker thread with ORT's "
-        "intra-op pool; with one core there is nothing to split, so this run cannot choose "
-        "between inference threads and decode threads: rerun on two free cores.",
+    sweep = [
+        (b, w, by.get(("sweep", b, w, 32)), by.get(("sweep", b, w, 1)))
+        for b in SWEEP_BATCH
+        for w in SWEEP_WAIT_MS
     ]
+    sweep = [row for row in sweep if row[2] and row[3]]
+    if not sweep:
+        return lines + ["- No batch-size / wait sweep in this run (`--skip sweep`)."]
+    lines.append(
+        "- Sweep (req/s at concurrency 32; p50 / p99 ms alone): "
+        + "; ".join(
+            f"batch {b} wait {w:g}: {lo['requests_per_s']:.0f}; {al['p50_ms']:.1f} / "
+            f"{al['p99_ms']:.1f}"
+            for b, w, lo, al in sweep
+        )
+        + "."
+    )
+    default = next((r for r in sweep if (r[0], r[1]) == (DEFAULT_BATCH, DEFAULT_WAIT_MS)), None)
+    best = max(sweep, key=lambda r: r[2]["requests_per_s"])
+    if default and best[2]["requests_per_s"] <= 1.1 * default[2]["requests_per_s"]:
+        lines.append(
+            f"- Settings: keep SPIKEGUARD_MAX_BATCH_SIZE={DEFAULT_BATCH} and "
+            f"SPIKEGUARD_BATCH_WAIT_MS={DEFAULT_WAIT_MS:g}. The best setting (batch {best[0]}, "
+            f"wait {best[1]:g} ms, {best[2]['requests_per_s']:.0f} req/s) is within 10 % of "
+            f"them ({default[2]['requests_per_s']:.0f} req/s). The raw pipeline does "
+            + ", ".join(f"{_inference(results)[('native', b)]:.0f}" for b in BATCH_SIZES)
+            + f" images/s at batch {', '.join(map(str, BATCH_SIZES))}: a cap of 32 loses "
+            "nothing per image when a burst fills it, and no batch waits to fill (it runs "
+            "with what arrived within the wait), so the 2 ms wait adds at most 2 ms to a "
+            "lone request."
+        )
+    else:
+        lines.append(
+            f"- Settings: SPIKEGUARD_MAX_BATCH_SIZE={best[0]}, SPIKEGUARD_BATCH_WAIT_MS="
+            f"{best[1]:g} ({best[2]['requests_per_s']:.0f} req/s at concurrency 32), more than "
+            "10 % above the defaults in this run."
+        )
+    threads = sorted(
+        (r for r in service if r["mode"].startswith("threads ")), key=lambda r: r["mode"]
+    )
+    if threads:
+        lines.append(
+            "- Inference threads (SPIKEGUARD_INTRA_OP_THREADS; the event loop decodes and "
+            "serves HTTP on what is left): "
+            + "; ".join(
+                f"{r['mode']} c={r['concurrency']}: {r['requests_per_s']:.0f} req/s, p50 "
+                f"{r['p50_ms']:.1f} ms"
+                for r in threads
+            )
+            + "."
+        )
+    else:
+        lines.append(
+            f"- Threads: {results['machine']['cores']} usable core here, so inference threads "
+            "and the event loop (decoding, HTTP) cannot be traded against each other in this "
+            "run; `make bench` on two free cores adds that sweep (1 vs 2 intra-op threads)."
+        )
     return lines
 
 
@@ -246,13 +292,19 @@ def _service_table(results: dict) -> list[str]:
         "",
         "## Service end to end: POST /classify with purification (bench/service_load.py)",
         "",
-        "| graphs | batch | wait ms | concurrency | requests | req/s | p50 ms | p99 ms | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "Server side, from its /metrics over each level (warm-up included): the mean batch "
+        "size and the share of wall time the inference thread spent in the purifier and "
+        "classifier sessions.",
+        "",
+        "| graphs | batch | wait ms | concurrency | requests | req/s | p50 ms | p99 ms "
+        "| mean batch | inference share | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results["service"]:
         lines.append(
             f"| {r['mode']} | {r['max_batch_size']} | {r['batch_wait_ms']:g} | "
             f"{r['concurrency']} | {r['requests']} | {r['requests_per_s']:.1f} | "
-            f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors'] or '-'} |"
+            f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r.get('mean_batch', 0):.1f} | "
+            f"{r.get('inference_share', 0):.0%} | {r['errors'] or '-'} |"
         )
     return lines

@@ -139,7 +139,26 @@ def inference_throughput(
 # --------------------------------------------------------------------------- service
 
 
+def server_counters(url: str) -> dict[str, float]:
+    """Images inferred, batches and seconds per stage so far, from the service's /metrics."""
+    wanted = {
+        "spikeguard_batch_size_sum": "images",
+        "spikeguard_batch_size_count": "batches",
+        'spikeguard_stage_duration_seconds_sum{stage="decode"}': "decode_s",
+        'spikeguard_stage_duration_seconds_sum{stage="purify"}': "purify_s",
+        'spikeguard_stage_duration_seconds_sum{stage="classify"}': "classify_s",
+    }
+    counters = {}
+    for line in service_load.httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name in wanted:
+            counters[wanted[name]] = float(value)
+    return counters
+
+
 def service_level(model_dir: Path, env: dict[str, str], levels, requests: int, purify=True):
+    """Load levels against one server; each row adds what the server saw meanwhile (warm-up
+    included): the mean batch size and the share of the time spent in inference."""
     images = service_load.fashion_pngs(64)
     process, url = service_load.start_server(str(model_dir), env)
     rows = []
@@ -147,8 +166,14 @@ def service_level(model_dir: Path, env: dict[str, str], levels, requests: int, p
         readyz = service_load.httpx.get(f"{url}/readyz", timeout=5).json()
         for concurrency in levels:
             count = max(requests, 4 * concurrency)
+            before, start = server_counters(url), time.perf_counter()
             result = asyncio.run(service_load.run_level(url, images, concurrency, count, purify))
+            elapsed, after = time.perf_counter() - start, server_counters(url)
+            delta = {k: after[k] - before.get(k, 0.0) for k in after}
             result["kernel"] = readyz.get("neuron_kernel")
+            result["mean_batch"] = delta["images"] / max(delta["batches"], 1)
+            result["inference_share"] = (delta["purify_s"] + delta["classify_s"]) / elapsed
+            result["decode_share"] = delta["decode_s"] / elapsed
             rows.append(result)
     finally:
         process.terminate()
@@ -171,6 +196,10 @@ def service_runs(
         ("function", fused_dir, {"SPIKEGUARD_MLF_KERNEL": "off"}, (1, 32)),
         ("unrolled", unrolled_dir, {}, (1, 32)),
     ]
+    if sweep and usable_cores() > 1:  # inference threads vs the event loop's share
+        for intra in sorted({1, usable_cores()}):
+            env = {"SPIKEGUARD_INTRA_OP_THREADS": str(intra)}
+            configs.append((f"threads {intra}", fused_dir, env, (1, 32)))
     if sweep:
         for batch in report.SWEEP_BATCH:
             for wait in report.SWEEP_WAIT_MS:
@@ -191,7 +220,9 @@ def service_runs(
                 f"  service {label} batch {result['max_batch_size']} wait "
                 f"{result['batch_wait_ms']} c={result['concurrency']}: "
                 f"{result['requests_per_s']:.1f} req/s p50 {result['p50_ms']:.1f} ms "
-                f"p99 {result['p99_ms']:.1f} ms kernel {result['kernel']}",
+                f"p99 {result['p99_ms']:.1f} ms, mean batch {result['mean_batch']:.1f}, "
+                f"inference {result['inference_share']:.0%} of the time, kernel "
+                f"{result['kernel']['mode']}",
                 file=sys.stderr,
             )
             rows.append(result)
