@@ -29,7 +29,6 @@ built kernel (``make kernel``).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import shlex
@@ -50,6 +49,7 @@ import report  # noqa: E402  (bench/report.py)
 import service_load  # noqa: E402
 import variants  # noqa: E402
 from graph_facts import graph_facts, op_time_shares  # noqa: E402
+from service_bench import service_runs  # noqa: E402
 
 from models import cpu_model, usable_cores  # noqa: E402  (bench/models.py)
 
@@ -134,99 +134,6 @@ def inference_throughput(
         }
         for (name, batch), values in samples.items()
     ]
-
-
-# --------------------------------------------------------------------------- service
-
-
-def server_counters(url: str) -> dict[str, float]:
-    """Images inferred, batches and seconds per stage so far, from the service's /metrics."""
-    wanted = {
-        "spikeguard_batch_size_sum": "images",
-        "spikeguard_batch_size_count": "batches",
-        'spikeguard_stage_duration_seconds_sum{stage="decode"}': "decode_s",
-        'spikeguard_stage_duration_seconds_sum{stage="purify"}': "purify_s",
-        'spikeguard_stage_duration_seconds_sum{stage="classify"}': "classify_s",
-    }
-    counters = {}
-    for line in service_load.httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
-        name, _, value = line.rpartition(" ")
-        if name in wanted:
-            counters[wanted[name]] = float(value)
-    return counters
-
-
-def service_level(model_dir: Path, env: dict[str, str], levels, requests: int, purify=True):
-    """Load levels against one server; each row adds what the server saw meanwhile (warm-up
-    included): the mean batch size and the share of the time spent in inference."""
-    images = service_load.fashion_pngs(64)
-    process, url = service_load.start_server(str(model_dir), env)
-    rows = []
-    try:
-        readyz = service_load.httpx.get(f"{url}/readyz", timeout=5).json()
-        for concurrency in levels:
-            count = max(requests, 4 * concurrency)
-            before, start = server_counters(url), time.perf_counter()
-            result = asyncio.run(service_load.run_level(url, images, concurrency, count, purify))
-            elapsed, after = time.perf_counter() - start, server_counters(url)
-            delta = {k: after[k] - before.get(k, 0.0) for k in after}
-            result["kernel"] = readyz.get("neuron_kernel")
-            result["mean_batch"] = delta["images"] / max(delta["batches"], 1)
-            result["inference_share"] = (delta["purify_s"] + delta["classify_s"]) / elapsed
-            result["decode_share"] = delta["decode_s"] / elapsed
-            rows.append(result)
-    finally:
-        process.terminate()
-        process.wait(10)
-    return rows
-
-
-def service_runs(
-    fused_dir: Path, unrolled_dir: Path, threads: int, requests: int, sweep: bool
-) -> list[dict]:
-    """``/classify`` (purify) at several concurrencies: the fused graphs with the kernel
-    (the service's defaults), without it, today's graphs; then batch size x wait."""
-    base = {
-        "SPIKEGUARD_INTRA_OP_THREADS": str(threads),
-        "SPIKEGUARD_PROVIDERS": "cpu",
-        "SPIKEGUARD_LOG_LEVEL": "error",
-    }
-    configs = [
-        ("native", fused_dir, {}, CONCURRENCY),
-        ("function", fused_dir, {"SPIKEGUARD_MLF_KERNEL": "off"}, (1, 32)),
-        ("unrolled", unrolled_dir, {}, (1, 32)),
-    ]
-    if sweep and usable_cores() > 1:  # inference threads vs the event loop's share
-        for intra in sorted({1, usable_cores()}):
-            env = {"SPIKEGUARD_INTRA_OP_THREADS": str(intra)}
-            configs.append((f"threads {intra}", fused_dir, env, (1, 32)))
-    if sweep:
-        for batch in report.SWEEP_BATCH:
-            for wait in report.SWEEP_WAIT_MS:
-                env = {
-                    "SPIKEGUARD_MAX_BATCH_SIZE": str(batch),
-                    "SPIKEGUARD_BATCH_WAIT_MS": str(wait),
-                }
-                configs.append(("sweep", fused_dir, env, (1, 32)))
-    rows = []
-    for label, directory, env, levels in configs:
-        for result in service_level(directory, {**base, **env}, levels, requests):
-            result.update(
-                mode=label,
-                max_batch_size=int(env.get("SPIKEGUARD_MAX_BATCH_SIZE", report.DEFAULT_BATCH)),
-                batch_wait_ms=float(env.get("SPIKEGUARD_BATCH_WAIT_MS", report.DEFAULT_WAIT_MS)),
-            )
-            print(
-                f"  service {label} batch {result['max_batch_size']} wait "
-                f"{result['batch_wait_ms']} c={result['concurrency']}: "
-                f"{result['requests_per_s']:.1f} req/s p50 {result['p50_ms']:.1f} ms "
-                f"p99 {result['p99_ms']:.1f} ms, mean batch {result['mean_batch']:.1f}, "
-                f"inference {result['inference_share']:.0%} of the time, kernel "
-                f"{result['kernel']['mode']}",
-                file=sys.stderr,
-            )
-            rows.append(result)
-    return rows
 
 
 # --------------------------------------------------------------------------- training

@@ -62,7 +62,9 @@ def _is_unrolled(path: Path) -> bool:
     return not any(n.op_type == "MLF" for n in model.graph.node)
 
 
-def _export_unrolled(checkpoints: dict[str, Path], out: Path) -> dict[str, Path]:
+def _export_unrolled(
+    checkpoints: dict[str, Path], out: Path, size: tuple[int, int]
+) -> dict[str, Path]:
     """Today's export of each checkpoint (the exporter's unrolled neurons, no fusion)."""
     import torch
 
@@ -72,7 +74,7 @@ def _export_unrolled(checkpoints: dict[str, Path], out: Path) -> dict[str, Path]
     paths = {}
     for role, checkpoint in checkpoints.items():
         model, _ = load_model(checkpoint)
-        example = torch.rand(2, model.in_channels, 28, 28)
+        example = torch.rand(2, model.in_channels, *size)
         paths[role] = out / f"{role}.unrolled.onnx"
         with (PurifierGraph if role == "purifier" else ClassifierGraph)(model.eval()) as graph:
             export_graph(graph, example, paths[role], neurons="unrolled")
@@ -87,8 +89,9 @@ def prepare(model_dir: Path, work: Path, checkpoints: Path | None = None) -> Sou
     manifest = json.loads((model_dir / "manifest.json").read_text())
     bundled = {r: model_dir / manifest["files"][r]["path"] for r in ROLES}
     weights = _bundle_checkpoints(model_dir, manifest)
+    size = (int(manifest["input"]["height"]), int(manifest["input"]["width"]))
     if weights is not None:
-        unrolled = _export_unrolled(weights, work)
+        unrolled = _export_unrolled(weights, work, size)
         description = (
             f"the bundle's weights ({model_dir.name}: {', '.join(map(str, weights.values()))})"
         )
@@ -100,7 +103,7 @@ def prepare(model_dir: Path, work: Path, checkpoints: Path | None = None) -> Sou
         )
     elif checkpoints is not None:
         weights = {r: checkpoints / f"{r}.safetensors" for r in ROLES}
-        unrolled = _export_unrolled(weights, work)
+        unrolled = _export_unrolled(weights, work, size)
         description = f"checkpoints in {checkpoints}"
     else:
         raise SystemExit(

@@ -1,4 +1,7 @@
-"""Request dependencies as ``Annotated`` aliases."""
+"""Request dependencies as ``Annotated`` aliases.
+
+Both are ``async def``: FastAPI runs a plain ``def`` dependency in its thread pool, which
+would cost every request two thread hops (and two waits for the GIL) for a lookup."""
 
 from __future__ import annotations
 
@@ -10,11 +13,11 @@ from .runtime import Runtime
 from .state import ServiceState
 
 
-def get_service(request: Request) -> ServiceState:
+async def get_service(request: Request) -> ServiceState:
     return request.app.state.service
 
 
-def get_runtime(service: Annotated[ServiceState, Depends(get_service)]) -> Runtime:
+async def get_runtime(service: Annotated[ServiceState, Depends(get_service)]) -> Runtime:
     """The loaded runtime, or a 503 naming why there is none."""
     return service.require_ready()
 
