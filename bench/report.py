@@ -155,14 +155,23 @@ def recommended_settings(results: dict) -> list[str]:
         )
         + "."
     )
-    default = next((r for r in sweep if (r[0], r[1]) == (DEFAULT_BATCH, DEFAULT_WAIT_MS)), None)
+    # the defaults are measured twice (the "native" server and the sweep's): their spread
+    # is this run's noise, and a setting must beat the better of the two by 10 % to count
+    repeats = [
+        r[2]["requests_per_s"] for r in sweep if (r[0], r[1]) == (DEFAULT_BATCH, DEFAULT_WAIT_MS)
+    ]
+    if loaded:
+        repeats.append(loaded["requests_per_s"])
     best = max(sweep, key=lambda r: r[2]["requests_per_s"])
-    if default and best[2]["requests_per_s"] <= 1.1 * default[2]["requests_per_s"]:
+    if repeats and best[2]["requests_per_s"] <= 1.1 * max(repeats):
         lines.append(
             f"- Settings: keep SPIKEGUARD_MAX_BATCH_SIZE={DEFAULT_BATCH} and "
-            f"SPIKEGUARD_BATCH_WAIT_MS={DEFAULT_WAIT_MS:g}. The best setting (batch {best[0]}, "
-            f"wait {best[1]:g} ms, {best[2]['requests_per_s']:.0f} req/s) is within 10 % of "
-            f"them ({default[2]['requests_per_s']:.0f} req/s). The raw pipeline does "
+            f"SPIKEGUARD_BATCH_WAIT_MS={DEFAULT_WAIT_MS:g}. Two servers with these settings "
+            f"measured {' and '.join(f'{v:.0f}' for v in sorted(repeats))} req/s at "
+            f"concurrency 32 in this run, so differences of that size are noise; the best "
+            f"sweep setting (batch {best[0]}, wait {best[1]:g} ms, "
+            f"{best[2]['requests_per_s']:.0f} req/s) does not beat them by 10 %. The raw "
+            "pipeline does "
             + ", ".join(f"{_inference(results)[('native', b)]:.0f}" for b in BATCH_SIZES)
             + f" images/s at batch {', '.join(map(str, BATCH_SIZES))}: a cap of 32 loses "
             "nothing per image when a burst fills it, and no batch waits to fill (it runs "
@@ -173,7 +182,8 @@ def recommended_settings(results: dict) -> list[str]:
         lines.append(
             f"- Settings: SPIKEGUARD_MAX_BATCH_SIZE={best[0]}, SPIKEGUARD_BATCH_WAIT_MS="
             f"{best[1]:g} ({best[2]['requests_per_s']:.0f} req/s at concurrency 32), more than "
-            "10 % above the defaults in this run."
+            "10 % above every measurement of the defaults in this run "
+            f"({', '.join(f'{v:.0f}' for v in sorted(repeats))} req/s)."
         )
     threads = sorted(
         (r for r in service if r["mode"].startswith("threads ")), key=lambda r: r["mode"]
