@@ -15,11 +15,10 @@ import asyncio
 import gzip
 import io
 import json
-import os
-import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +27,9 @@ import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from harness.service import ServiceProcess  # noqa: E402
+
 FASHION_TEST_IMAGES = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
 
 
@@ -44,39 +46,25 @@ def fashion_pngs(count: int) -> list[bytes]:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(model_dir: str, env_overrides: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {**os.environ, "SPIKEGUARD_MODEL_DIR": model_dir, **env_overrides}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    """``python -m service`` on ``model_dir`` (``harness.service.ServiceProcess``), ready;
+    ``env_overrides`` are ``SPIKEGUARD_*`` variables. Threads and providers are the
+    service's own defaults unless an override sets them. Returns the process and its URL;
+    its log is in a temporary directory."""
+    settings: dict[str, str | None] = {"intra_op_threads": None, "providers": None}
+    for name, value in env_overrides.items():
+        if not name.startswith("SPIKEGUARD_"):
+            raise SystemExit(f"--env {name}: only SPIKEGUARD_* settings are passed on")
+        settings[name.removeprefix("SPIKEGUARD_").lower()] = value
+    service = ServiceProcess(
+        model_dir, Path(tempfile.mkdtemp(prefix="spikeguard-load-")), **settings
     )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the service exited with code {process.returncode}")
-        try:
-            response = httpx.get(f"{url}/readyz", timeout=2)
-            if response.status_code == 200:
-                return process, url
-            if "loading" not in response.text:
-                process.terminate()
-                raise SystemExit(f"the service is not ready: {response.text}")
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    process.terminate()
-    raise SystemExit("the service did not become ready within 120 s")
+    try:
+        service.wait_ready(120)
+    except AssertionError as exc:
+        service.stop()
+        raise SystemExit(f"the service did not become ready: {exc}") from None
+    return service.proc, service.url
 
 
 async def run_level(

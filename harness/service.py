@@ -22,7 +22,8 @@ READY_TIMEOUT_S = 90.0
 
 
 def service_env(model_dir: Path | str, port: int, **settings) -> dict[str, str]:
-    """The environment: the caller's without its ``SPIKEGUARD_*``, then the defaults above,
+    """The environment: the caller's without its ``SPIKEGUARD_*`` (``OMP_NUM_THREADS``
+    1 unless the caller sets it), then one ORT thread, the CPU provider,
     then ``settings`` (a setting of None leaves the variable unset: the service's own
     default)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPIKEGUARD_")}
@@ -32,8 +33,8 @@ def service_env(model_dir: Path | str, port: int, **settings) -> dict[str, str]:
         "SPIKEGUARD_PORT": str(port),
         "SPIKEGUARD_INTRA_OP_THREADS": "1",
         "SPIKEGUARD_PROVIDERS": "cpu",
-        "OMP_NUM_THREADS": "1",
     }
+    env.setdefault("OMP_NUM_THREADS", "1")
     for key, value in settings.items():
         name = f"SPIKEGUARD_{key.upper()}"
         if value is None:
