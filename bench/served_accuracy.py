@@ -13,10 +13,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import socket
-import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from contract import load_manifest  # noqa: E402
+from harness.service import ServiceProcess  # noqa: E402
 
 
 def test_images(dataset: str, n: int, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
@@ -45,30 +44,15 @@ def png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_service(model_dir: Path, port: int) -> subprocess.Popen:
-    env = {**os.environ, "SPIKEGUARD_MODEL_DIR": str(model_dir), "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None:
-            raise SystemExit(f"the service exited with status {process.returncode}")
-        time.sleep(0.5)
-    process.kill()
-    raise SystemExit("the service did not become ready within 120 s")
+def start_service(model_dir: Path) -> ServiceProcess:
+    """The service on ``model_dir`` with its own thread and provider defaults, ready."""
+    log_dir = Path(tempfile.mkdtemp(prefix="spikeguard-accuracy-"))
+    service = ServiceProcess(model_dir, log_dir, intra_op_threads=None, providers=None)
+    try:
+        return service.wait_ready(120)
+    except AssertionError as exc:
+        service.stop()
+        raise SystemExit(f"the service did not become ready: {exc}") from None
 
 
 def classify_all(url: str, bodies: list[bytes], purify: bool, concurrency: int) -> list[int]:
@@ -106,12 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     manifest = load_manifest(args.model_dir)
     images, labels = test_images(manifest.dataset, args.n, args.data_dir)
     bodies = [png(image) for image in images]
-    process = None
+    service = None
     url = args.url
     if url is None:
-        port = free_port()
-        process = start_service(args.model_dir, port)
-        url = f"http://127.0.0.1:{port}"
+        service = start_service(args.model_dir)
+        url = service.url
     try:
         report = {"model": f"{manifest.name} v{manifest.version}", "n": len(labels), "url": url}
         for key, purify in (("clean_accuracy", False), ("purified_clean_accuracy", True)):
@@ -126,9 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                 "requests_per_s": round(len(bodies) / (time.perf_counter() - start), 1),
             }
     finally:
-        if process is not None:
-            process.terminate()
-            process.wait(timeout=30)
+        if service is not None:
+            service.stop(timeout=30)
     print(json.dumps(report, indent=2))
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")

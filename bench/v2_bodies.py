@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import statistics
-import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -25,12 +23,8 @@ import numpy as np
 import tritonclient.http as triton
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, str(REPO))
+from harness.service import ServiceProcess  # noqa: E402
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -38,17 +32,6 @@ def peak_rss_mib(pid: int) -> float:
         if line.startswith("VmHWM"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmHWM")
-
-
-def wait_ready(url: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2):
-                return
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} not ready after {timeout}s")
 
 
 def oversized_json(url: str, name: str, pid: int, megabytes: int) -> str:
@@ -107,28 +90,18 @@ def main() -> int:
     parser.add_argument("--oversized-mb", type=int, default=10)
     args = parser.parse_args()
     manifest = json.loads((args.model_dir / "manifest.json").read_text())
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SPIKEGUARD_")}
-    env |= {"SPIKEGUARD_MODEL_DIR": str(args.model_dir), "SPIKEGUARD_PROVIDERS": "cpu"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service", "--port", str(port)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log_dir = Path(tempfile.mkdtemp(prefix="spikeguard-v2-bodies-"))
+    service = ServiceProcess(args.model_dir, log_dir, intra_op_threads=None)
     try:
-        url = f"http://127.0.0.1:{port}"
-        wait_ready(url)
-        print(oversized_json(url, manifest["name"], process.pid, args.oversized_mb))
+        url, port = service.wait_ready(120).url, service.port
+        print(oversized_json(url, manifest["name"], service.proc.pid, args.oversized_mb))
         shape = [manifest["input"][k] for k in ("channels", "height", "width")]
         for line in json_vs_binary(
             f"127.0.0.1:{port}", manifest["name"], shape, args.batch, args.repeats
         ):
             print(line)
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        service.stop(timeout=30)
     return 0
 
 
