@@ -153,7 +153,8 @@ def adaptive(
     """For each lambda and shape, PGD (random start, ``steps`` of 2.5 eps / steps, the last
     iterate) on the noise-penalised loss; per sample the first accepted example is kept.
     The first shape attacks every image at every lambda (``by_lambda`` records its raw
-    scores); later shapes only the images with no accepted example yet."""
+    scores); later shapes only the images the pipeline classifies correctly that have no
+    accepted example yet (no other image can be accepted)."""
     n, device = len(y), x.device
     state = _AdaptiveState(
         images=x.clone(),
@@ -170,7 +171,8 @@ def adaptive(
         for b, begin in enumerate(range(0, n, batch_size)):
             rows = torch.arange(begin, min(begin + batch_size, n), device=device)
             for i, shape in enumerate(surrogates):
-                idx = rows if i == 0 else rows[~state.accepted[rows]]
+                # later shapes: only images that can still be accepted (correct, not yet)
+                idx = rows if i == 0 else rows[state.correct[rows] & ~state.accepted[rows]]
                 if idx.numel() == 0:
                     break
                 loss = noise_penalised_loss(pipeline, lam)
