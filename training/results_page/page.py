@@ -54,6 +54,7 @@ def render_page(study_dir: str | Path, out_md: str | Path, plots_dir: str | Path
     lines += tables.table1(data)
     lines += tables.table3(data)
     lines += tables.reuse(data)
+    lines += tables.others(data)
     lines += sections.training_time(data)
     lines += _image(plots.training_time(data, plots_dir), md_dir, "Training time by stage")
     lines += sections.sweeps(data)

@@ -361,3 +361,24 @@ def reuse(data: StudyData) -> list[str]:
         "",
     ]
     return lines
+
+
+SECTION_PREFIXES = ("headline", "table2", "table1-k", "table3", "purifier-on-resnet20", "figure5-")
+
+
+def others(data: StudyData) -> list[str]:
+    """Rows of stages no section above claims (a stage added to the plan later), so that
+    every planned or measured row appears somewhere."""
+    rows = [
+        r for r in data.rows if r.purpose == "table" and not r.stage.startswith(SECTION_PREFIXES)
+    ]
+    if not rows:
+        return []
+    lines = ["## Other evaluations", ""]
+    for stage in sorted({r.stage for r in rows}):
+        stage_rows = [r for r in rows if r.stage == stage]
+        lines += [f"**{stage}**", ""] + _long_table(stage_rows)
+        lines += ["", not_measured_note(stage_rows), ""]
+        sentences = _strongest_sentences(stage_rows) + _gap_sentences(stage_rows)
+        lines += [" ".join(sentences) or "No row of this stage is measured yet.", ""]
+    return lines
