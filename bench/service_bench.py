@@ -25,11 +25,28 @@ def server_counters(url: str) -> dict[str, float]:
         'spikeguard_stage_duration_seconds_sum{stage="classify"}': "classify_s",
     }
     counters = {}
+    prefix = 'spikeguard_request_duration_seconds_bucket{endpoint="/classify",le="'
     for line in service_load.httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
         name, _, value = line.rpartition(" ")
         if name in wanted:
             counters[wanted[name]] = float(value)
+        elif name.startswith(prefix) and 'status_class="2xx"' in name:
+            bound = name[len(prefix) :].split('"', 1)[0]
+            counters[f"le {bound}"] = float(value)
     return counters
+
+
+def server_quantile(delta: dict[str, float], q: float) -> float:
+    """The service's own /classify duration (its histogram's bucket bound, ms) under which
+    a share ``q`` of this level's requests finished."""
+    buckets = sorted(
+        (float(k[3:]), v) for k, v in delta.items() if k.startswith("le ") and k != "le +Inf"
+    )
+    total = delta.get("le +Inf", 0.0)
+    for bound, count in buckets:
+        if total and count >= q * total:
+            return bound * 1e3
+    return float("inf")
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -58,6 +75,8 @@ def service_level(model_dir: Path, env: dict[str, str], levels, requests: int, p
             result["server_cpu_ms"] = 1e3 * (cpu[0] - cpu_before[0]) / sent
             result["client_cpu_ms"] = 1e3 * (cpu[1] - cpu_before[1]) / sent
             result["wall_ms"] = 1e3 * elapsed / sent
+            result["server_p50_ms"] = server_quantile(delta, 0.5)
+            result["server_p99_ms"] = server_quantile(delta, 0.99)
             result["kernel"] = readyz.get("neuron_kernel")
             result["mean_batch"] = delta["images"] / max(delta["batches"], 1)
             result["inference_share"] = (delta["purify_s"] + delta["classify_s"]) / elapsed
