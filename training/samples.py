@@ -230,6 +230,14 @@ def write_samples(
     stored = {"clean": (x * 255).round().to(torch.uint8).numpy()}
     stored |= {name: quantize(x_adv, x, eps) for name, (x_adv, _, _) in adversarial.items()}
 
+    return _write_records(model_dir, indices, y, stored, adversarial, info.class_names, eps)
+
+
+def _write_records(
+    model_dir: Path, indices: list[int], y: torch.Tensor, stored: dict[str, np.ndarray],
+    adversarial: dict[str, tuple], class_names: tuple[str, ...], eps: float,
+) -> list[SampleRecord]:  # fmt: skip
+    """Every variant of every chosen image as ``samples/<id>.png``, and its record."""
     out = model_dir / SAMPLES_DIR
     if out.exists():
         shutil.rmtree(out)
@@ -250,7 +258,7 @@ def write_samples(
                     file=filename,
                     sha256=_write_png(model_dir / filename, stored[variant][row]),
                     test_index=int(index),
-                    label=info.class_names[class_index],
+                    label=class_names[class_index],
                     class_index=class_index,
                     variant=variant,
                     threat_model=threat_model,

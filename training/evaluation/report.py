@@ -74,8 +74,18 @@ def sanity_checks(
     * a transfer (black-box) attack is not stronger than the best white-box attack;
     * input gradients of every attacked model are finite and non-zero.
     """
-    checks: list[dict[str, Any]] = []
     table = [r for r in results if r.get("purpose") == "table"]
+    return (
+        _large_eps_checks(results)
+        + _monotone_checks(table, "eps", "steps")
+        + _monotone_checks(table, "steps", "eps")
+        + _transfer_checks(table)
+        + _gradient_checks(gradient_checks)
+    )
+
+
+def _large_eps_checks(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    checks = []
     for r in results:
         if r.get("purpose") != "sanity-large-eps":
             continue
@@ -88,43 +98,48 @@ def sanity_checks(
                 f"limit {LARGE_EPS_MAX_ACCURACY:.0f}%)",
             )
         )
+    return checks
 
-    def monotone(key: str, fixed: str) -> None:
-        groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-        for r in table:
-            if r["attack"] == "gaussian" or (key == "steps" and r.get("steps") is None):
-                continue
-            groups[(r["defence"], r["threat_model"], r["attack"], r.get(fixed))].append(r)
-        for rows in groups.values():
-            if len(rows) < 2:
-                continue
-            rows = sorted(rows, key=lambda r: r[key])
-            # any later (stronger) setting above an earlier one's 95% interval is a failure
-            rises = [
-                (a, b)
-                for i, a in enumerate(rows)
-                for b in rows[i + 1 :]
-                if b["robust_accuracy"] > a["robust_ci95"][1]
-            ]
-            curve = " -> ".join(f"{r['robust_accuracy']:.1f}% ({key} {r[key]:.4g})" for r in rows)
-            first = rows[0]
-            detail = (
-                f"{first['defence']}/{first['threat_model']}/{first['attack']} "
-                f"({fixed} {first.get(fixed)}): {curve}"
-            )
-            if rises:
-                a, b = rises[0]
-                detail += f"; {b['robust_accuracy']:.1f}% at {key} {b[key]:.4g} is above the "
-                detail += f"interval of {key} {a[key]:.4g} ({a['robust_ci95'][1]:.1f}%)"
-            checks.append(_check(f"monotone-{key}", not rises, detail))
 
-    monotone("eps", "steps")
-    monotone("steps", "eps")
+def _monotone_checks(table: list[dict[str, Any]], key: str, fixed: str) -> list[dict[str, Any]]:
+    """Robust accuracy against ``key`` (eps or steps) at each ``fixed`` value: any later
+    (stronger) setting above an earlier one's 95% interval is a failure."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in table:
+        if r["attack"] == "gaussian" or (key == "steps" and r.get("steps") is None):
+            continue
+        groups[(r["defence"], r["threat_model"], r["attack"], r.get(fixed))].append(r)
+    checks = []
+    for rows in groups.values():
+        if len(rows) < 2:
+            continue
+        rows = sorted(rows, key=lambda r: r[key])
+        rises = [
+            (a, b)
+            for i, a in enumerate(rows)
+            for b in rows[i + 1 :]
+            if b["robust_accuracy"] > a["robust_ci95"][1]
+        ]
+        curve = " -> ".join(f"{r['robust_accuracy']:.1f}% ({key} {r[key]:.4g})" for r in rows)
+        first = rows[0]
+        detail = (
+            f"{first['defence']}/{first['threat_model']}/{first['attack']} "
+            f"({fixed} {first.get(fixed)}): {curve}"
+        )
+        if rises:
+            a, b = rises[0]
+            detail += f"; {b['robust_accuracy']:.1f}% at {key} {b[key]:.4g} is above the "
+            detail += f"interval of {key} {a[key]:.4g} ({a['robust_ci95'][1]:.1f}%)"
+        checks.append(_check(f"monotone-{key}", not rises, detail))
+    return checks
 
+
+def _transfer_checks(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
     white: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in table:
         if r["threat_model"] in ("white-box", "end-to-end", "bpda"):
             white[(r["defence"], r["attack"], r["eps"], r.get("steps"))].append(r)
+    checks = []
     for r in table:
         if r["threat_model"] != "transfer":
             continue
@@ -140,7 +155,11 @@ def sanity_checks(
                 f"({best['threat_model']}) {best['robust_accuracy']:.1f}%",
             )
         )
+    return checks
 
+
+def _gradient_checks(gradient_checks: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    checks = []
     for g in gradient_checks:
         ok = g["nonfinite_fraction"] == 0 and g["zero_fraction"] <= MAX_ZERO_GRADIENT_FRACTION
         checks.append(
@@ -195,6 +214,21 @@ def render_summary(
     plots: Sequence[str] = (),
 ) -> str:
     """Markdown laid out like the paper's Tables 1-4: rows defence, columns attack."""
+    table = [r for r in results if r.get("purpose") == "table"]
+    lines = _summary_header(checks, header)
+    for threat in threat_models:
+        lines += _threat_tables(table, threat, defences, attacks)
+    lines += _transfer_table(table, defences)
+    for plot in plots:
+        lines += [f"![{Path(plot).stem}]({Path(plot).name})", ""]
+    lines += ["## Sanity checks", ""]
+    for c in checks:
+        lines.append(f"- {'ok' if c['passed'] else '**FAILED**'} [{c['check']}] {c['detail']}")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _summary_header(checks: Sequence[dict[str, Any]], header: dict[str, Any]) -> list[str]:
     failed = [c for c in checks if not c["passed"]]
     lines = [f"# Robustness evaluation: {header.get('name', '')}", ""]
     if failed:
@@ -209,7 +243,7 @@ def render_summary(
     for key, value in header.items():
         if key != "name":
             lines.append(f"- {key}: {value}")
-    lines += [
+    return lines + [
         "",
         "Cells: robust accuracy % [95% Wilson interval]. A sample counts as robust "
         "only if it is classified correctly clean and survives every surrogate gradient "
@@ -217,71 +251,65 @@ def render_summary(
         "",
     ]
 
-    table = [r for r in results if r.get("purpose") == "table"]
+
+def _threat_tables(
+    table: list[dict[str, Any]], threat: str, defences: Sequence[str], attacks: Sequence[str]
+) -> list[str]:
+    """One table per eps for ``threat``: rows defence (white-box results shared), columns
+    attack, the noise test alongside."""
     noise = [r for r in table if r["threat_model"] == "noise"]
-    for threat in threat_models:
-        rows_of = {
-            d: [
-                r
-                for r in table
-                if r["defence"] == d
-                and r["threat_model"] in (threat, "white-box" if threat != "transfer" else "")
-            ]
-            for d in defences
-        }
-        all_rows = [r for rows in rows_of.values() for r in rows]
-        if not all_rows:
-            continue
-        for eps in sorted({r["eps"] for r in all_rows}):
-            at_eps = [r for r in all_rows if r["eps"] == eps]
-            cols = _columns(at_eps + noise, attacks)
-            lines += [f"## Threat model: {threat}, eps = {eps:.4g} ({eps * 255:.3g}/255)", ""]
-            head = ["Defence", "Clean"] + [_col_label(c) for c in cols]
-            lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-            for d in defences:
-                rows = [r for r in rows_of[d] if r["eps"] == eps]
-                rows += [r for r in noise if r["defence"] == d]
-                if not rows:
-                    continue
-                by_col = {(r["attack"], r.get("steps")): r for r in rows}
-                clean = rows[0]
-                lo, hi = clean["clean_ci95"]
-                shared = " (white-box)" if rows[0]["threat_model"] == "white-box" else ""
-                cells = [f"{d}{shared}", f"{clean['clean_accuracy']:.1f} [{lo:.1f}, {hi:.1f}]"]
-                cells += [_cell(by_col.get(c)) for c in cols]
-                lines.append("| " + " | ".join(cells) + " |")
-            lines.append("")
-
-    transfer = [r for r in table if r["threat_model"] == "transfer" and r.get("per_source")]
-    if transfer:
-        lines += ["## Transfer attacks by source model (layout of the paper's Table 3)", ""]
-        sources = sorted({s for r in transfer for s in r["per_source"]})
-        head = ["Source model", "Attack", "eps"] + list(defences)
+    shared_threat = "white-box" if threat != "transfer" else ""
+    rows_of = {
+        d: [r for r in table if r["defence"] == d and r["threat_model"] in (threat, shared_threat)]
+        for d in defences
+    }
+    all_rows = [r for rows in rows_of.values() for r in rows]
+    lines: list[str] = []
+    for eps in sorted({r["eps"] for r in all_rows}):
+        at_eps = [r for r in all_rows if r["eps"] == eps]
+        cols = _columns(at_eps + noise, attacks)
+        lines += [f"## Threat model: {threat}, eps = {eps:.4g} ({eps * 255:.3g}/255)", ""]
+        head = ["Defence", "Clean"] + [_col_label(c) for c in cols]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        keys = sorted({(r["attack"], r.get("steps") or 0, r["eps"]) for r in transfer})
-        for source in sources:
-            for attack, steps, eps in keys:
-                cells = [source, _col_label((attack, steps or None)), f"{eps:.4g}"]
-                for d in defences:
-                    match = [
-                        r
-                        for r in transfer
-                        if r["defence"] == d
-                        and (r["attack"], r.get("steps") or 0, r["eps"]) == (attack, steps, eps)
-                    ]
-                    per = match[0]["per_source"].get(source) if match else None
-                    cells.append(_cell(per))
-                lines.append("| " + " | ".join(cells) + " |")
+        for d in defences:
+            rows = [r for r in rows_of[d] if r["eps"] == eps]
+            rows += [r for r in noise if r["defence"] == d]
+            if not rows:
+                continue
+            by_col = {(r["attack"], r.get("steps")): r for r in rows}
+            clean = rows[0]
+            lo, hi = clean["clean_ci95"]
+            shared = " (white-box)" if rows[0]["threat_model"] == "white-box" else ""
+            cells = [f"{d}{shared}", f"{clean['clean_accuracy']:.1f} [{lo:.1f}, {hi:.1f}]"]
+            cells += [_cell(by_col.get(c)) for c in cols]
+            lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+    return lines
 
-    for plot in plots:
-        lines += [f"![{Path(plot).stem}]({Path(plot).name})", ""]
 
-    lines += ["## Sanity checks", ""]
-    for c in checks:
-        lines.append(f"- {'ok' if c['passed'] else '**FAILED**'} [{c['check']}] {c['detail']}")
-    lines.append("")
-    return "\n".join(lines)
+def _transfer_table(table: list[dict[str, Any]], defences: Sequence[str]) -> list[str]:
+    transfer = [r for r in table if r["threat_model"] == "transfer" and r.get("per_source")]
+    if not transfer:
+        return []
+    lines = ["## Transfer attacks by source model (layout of the paper's Table 3)", ""]
+    sources = sorted({s for r in transfer for s in r["per_source"]})
+    head = ["Source model", "Attack", "eps"] + list(defences)
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    keys = sorted({(r["attack"], r.get("steps") or 0, r["eps"]) for r in transfer})
+    for source in sources:
+        for attack, steps, eps in keys:
+            cells = [source, _col_label((attack, steps or None)), f"{eps:.4g}"]
+            for d in defences:
+                match = [
+                    r
+                    for r in transfer
+                    if r["defence"] == d
+                    and (r["attack"], r.get("steps") or 0, r["eps"]) == (attack, steps, eps)
+                ]
+                per = match[0]["per_source"].get(source) if match else None
+                cells.append(_cell(per))
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 # --------------------------------------------------------------------------- plots
