@@ -1,6 +1,7 @@
 """Spiking building blocks: surrogate gradients (``surrogates``), LIF (eq. 5) and MLF
-(eq. 6) neurons (``neurons``), their training kernels (``kernels``), the spike recorder
-(``recorder``) and the layers models are built from (``layers``).
+(eq. 6) neurons (``neurons``; one step of eq. 6 in ``dynamics``), their training kernels
+(``kernels``), the spike recorder (``recorder``) and the layers models are built from
+(``layers``).
 
 Tensors are time-major, ``[T, B, ...]``. A neuron's membrane state lives inside ``forward``
 and starts from zero on every call, so the same input always gives the same output and
@@ -20,6 +21,7 @@ on each neuron and can be swapped (``use_surrogate``): a white-box evaluation at
 several shapes and keeps the per-sample worst case.
 """
 
+from .dynamics import charge, fire, zero_membrane
 from .kernels import EAGER, Kernels, compiled_kernels, get_kernels, mlf_backward, mlf_forward
 from .layers import (
     ConvBNSpike,
@@ -37,7 +39,6 @@ from .neurons import (
     LIF,
     MLF,
     SpikingNeuron,
-    charge,
     mlf_reference,
     spiking_neurons,
     use_kernels,
@@ -59,7 +60,8 @@ __all__ = [
     "DEFAULT_DECAY", "DEFAULT_THRESHOLDS", "DEFAULT_TIMESTEPS", "EAGER", "LIF", "MLF",
     "SURROGATES", "ArcTan", "ConvBNSpike", "DirectEncoder", "Kernels", "NeuronConfig",
     "NoSurrogate", "Normalize", "Rectangular", "SigmoidDerivative", "SpikeRecorder",
-    "SpikingNeuron", "StraightThrough", "Surrogate", "charge", "compiled_kernels",
+    "SpikingNeuron", "StraightThrough", "Surrogate", "charge", "compiled_kernels", "fire",
+    "zero_membrane",
     "firing_rates", "get_kernels", "get_surrogate", "merge_time", "mlf_backward",
     "mlf_forward", "mlf_reference", "spike_count", "spiking_neurons", "split_time",
     "threshold_batchnorm", "use_kernels", "use_surrogate",

@@ -17,17 +17,18 @@ from dataclasses import dataclass
 
 import torch
 
+from .dynamics import charge, fire, zero_membrane
 from .surrogates import Surrogate
 
 
 def mlf_forward(x: torch.Tensor, v_th: torch.Tensor, decay: float):
     """Eq. 6 without autograd; returns the output and every membrane potential."""
-    u = torch.zeros((v_th.shape[0],) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
+    u = zero_membrane(x, v_th)
     fired = torch.zeros_like(u)
     potentials, outputs = [], []
     for t in range(x.shape[0]):
-        u = decay * u * (1 - fired) + x[t]  # neurons.charge, inlined for torch.compile
-        fired = (u >= v_th).to(x.dtype)
+        u = charge(u, fired, x[t], decay)
+        fired = fire(u, v_th)
         potentials.append(u)
         outputs.append(fired.sum(0))
     return torch.stack(outputs), torch.stack(potentials)

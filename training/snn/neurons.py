@@ -6,9 +6,10 @@ One time step of a unit with thresholds ``v_th`` (shape ``[K, 1, ...]``)::
     fire:   o[t] = H(u[t] - v_th)                          (per threshold; surrogate backward)
     emit:   sum over the K thresholds of o[t]
 
-``mlf_reference`` is the loop written with these steps in plain tensor ops (autograd and
-ONNX export follow it as it is); the training kernels (``kernels.py``) run the same steps
-with a hand-written backward through time.
+The steps are ``dynamics.py``'s functions. ``mlf_reference`` is the loop written with them
+in plain tensor ops (autograd and ONNX export follow it as it is; fire is the surrogate's
+Heaviside); the training kernels (``kernels.py``) run the same steps with a hand-written
+backward through time.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+from .dynamics import charge, zero_membrane
 from .kernels import EAGER, Kernels, MLFFunction, get_kernels
 from .surrogates import Rectangular, Surrogate, get_surrogate
 
@@ -27,17 +29,12 @@ DEFAULT_DECAY = 0.25
 DEFAULT_TIMESTEPS = 4
 
 
-def charge(u: torch.Tensor, fired: torch.Tensor, x_t: torch.Tensor, decay: float) -> torch.Tensor:
-    """The membrane after one step: leak, hard reset where the unit fired, new input."""
-    return decay * u * (1 - fired) + x_t
-
-
 def mlf_reference(
     x: torch.Tensor, v_th: torch.Tensor, decay: float, surrogate: Surrogate
 ) -> torch.Tensor:
     """Eq. 6 over ``x`` ``[T, B, ...]`` from a zero membrane: charge, fire (``surrogate``'s
     Heaviside), emit the sum of the K spikes per step."""
-    u = torch.zeros((v_th.shape[0],) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
+    u = zero_membrane(x, v_th)
     fired = torch.zeros_like(u)
     outputs = []
     for t in range(x.shape[0]):
