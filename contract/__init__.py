@@ -9,6 +9,7 @@ reads. Torch-free (pydantic and the standard library only), so both halves impor
 from .directory import (
     MANIFEST,
     load_manifest,
+    make_shareable,
     read_manifest_text,
     validate_model_dir,
     verify_graph_files,
@@ -75,6 +76,7 @@ __all__ = [
     "check_graph_io",
     "is_plain_file_name",
     "load_manifest",
+    "make_shareable",
     "read_manifest_text",
     "sha256_bytes",
     "sha256_file",

@@ -69,6 +69,25 @@ def load_manifest(model_dir: str | os.PathLike) -> Manifest:
     return read_manifest_text(text, str(path))
 
 
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def make_shareable(path: str | os.PathLike) -> None:
+    """Gives ``path`` (and, for a directory, everything under it) the permissions a plain
+    ``open`` / ``mkdir`` would have, whatever a temporary-file helper gave it (``mkstemp``,
+    ``mkdtemp`` and safetensors create owner-only files): a model directory written by one
+    user must stay readable by the service running as another."""
+    mask = current_umask()
+    path = Path(path)
+    paths = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for item in paths:
+        if not item.is_symlink():
+            os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
+
+
 def write_manifest(model_dir: str | os.PathLike, manifest: Manifest) -> Path:
     """Writes ``manifest.json`` atomically (a reader sees the old file or the new one)."""
     model_dir = Path(model_dir)
@@ -77,6 +96,7 @@ def write_manifest(model_dir: str | os.PathLike, manifest: Manifest) -> Path:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(json.dumps(manifest.to_json(), indent=2) + "\n")
+        make_shareable(staged)
         os.replace(staged, path)
     finally:
         if os.path.exists(staged):

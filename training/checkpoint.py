@@ -20,6 +20,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from contract import make_shareable
+
 from .models import create_model
 
 META_KEY = "spikeguard"
@@ -29,6 +31,7 @@ def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], pat
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata)
+    make_shareable(tmp)  # safetensors writes owner-only files
     os.replace(tmp, path)
 
 

@@ -30,6 +30,7 @@ from contract import (
     WEIGHT_FILES,
     Manifest,
     SampleRecord,
+    make_shareable,
     sha256_file,
     write_manifest,
 )
@@ -200,7 +201,9 @@ def build_manifest(
 
 def install(staging: Path, out: Path, force: bool) -> None:
     """Moves the finished ``staging`` directory to ``out``; an existing ``out`` is swapped
-    out (renames only) and then deleted, so readers see the old or the new model."""
+    out (renames only) and then deleted, so readers see the old or the new model. The
+    directory gets ordinary permissions first (the staging one is owner-only)."""
+    make_shareable(staging)
     if not out.exists():
         os.replace(staging, out)
         return

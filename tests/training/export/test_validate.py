@@ -4,6 +4,8 @@ and each way of breaking it is reported (exit 1), not missed."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,18 @@ def test_the_tiny_model_keeps_the_contract(tiny_model_dir: Path, capsys):
     assert any("re-measured clean accuracy" in note for note in result.notes)
     assert main(["validate-model", str(tiny_model_dir)]) == 0
     assert "keeps the contract" in capsys.readouterr().out
+
+
+def test_an_exported_directory_is_readable_by_other_users(tiny_model_dir: Path):
+    # mkdtemp, mkstemp and safetensors create owner-only entries; a service running as
+    # another user (the container's) must still read everything export wrote
+    mask = os.umask(0o022)
+    os.umask(mask)
+    entries = [tiny_model_dir, *tiny_model_dir.rglob("*")]
+    assert any(e.suffix == ".safetensors" for e in entries)
+    for entry in entries:
+        wanted = (0o777 if entry.is_dir() else 0o666) & ~mask
+        assert stat.S_IMODE(entry.stat().st_mode) == wanted, entry
 
 
 @pytest.mark.slow
