@@ -118,7 +118,19 @@ def recommended_settings(results: dict) -> list[str]:
     loaded = by.get(("native", DEFAULT_BATCH, DEFAULT_WAIT_MS, 32))
     if loaded and "inference_share" in loaded:
         bound = "inference" if loaded["inference_share"] >= 0.6 else "the HTTP path"
-        if "server_cpu_ms" in loaded:
+        pinned = isinstance(loaded.get("cores"), dict)
+        if "server_cpu_ms" in loaded and pinned:
+            cores = loaded["cores"]
+            lines.append(
+                f"- At concurrency 32 the service ran pinned to core(s) {cores['server']} "
+                f"(HTTP, decode and inference together) and the load generator to "
+                f"{cores['load_generator']}, so the service had the same compute as the raw "
+                f"pipeline's {results['threads']} thread(s) and did not pay for its clients. "
+                f"It used {loaded['server_cpu_ms']:.1f} CPU ms per request "
+                f"({loaded['server_cpu_ms'] / loaded['wall_ms']:.0%} of its core(s)' wall "
+                f"time) and the load generator {loaded['client_cpu_ms']:.1f}."
+            )
+        elif "server_cpu_ms" in loaded:
             used = (loaded["server_cpu_ms"] + loaded["client_cpu_ms"]) / loaded["wall_ms"]
             where = (
                 "the rest of the core went to other processes, so the service's req/s here "
@@ -152,9 +164,10 @@ def recommended_settings(results: dict) -> list[str]:
             f"time in inference and its batches held {loaded['mean_batch']:.1f} images on "
             f"average: {bound} bounds throughput here"
             + (
-                " (upload parsing, decoding and JSON on the event loop, and on this machine "
-                "the load generator on the same core), so requests reach the batcher one or "
-                "two at a time and batch size and wait barely bind."
+                " (upload parsing, decoding and JSON on the event loop"
+                + ("" if pinned else ", and on this machine the load generator on the same core")
+                + "), so requests reach the batcher one or two at a time and batch size and "
+                "wait barely bind."
                 if bound != "inference"
                 else "."
             )

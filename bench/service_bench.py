@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import time
@@ -55,12 +56,37 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def service_level(model_dir: Path, env: dict[str, str], levels, requests: int, purify=True):
+def core_split(threads: int) -> tuple[set[int], set[int]] | None:
+    """(server cores, load-generator cores) when this process may use more cores than the
+    server's ``threads``: the server gets ``threads`` cores for everything it does (HTTP,
+    decode, inference), the load generator the rest, so the server is measured on the same
+    compute as the raw pipeline and does not pay for its own clients. ``None`` otherwise."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cores) <= threads:
+        return None
+    return set(cores[:threads]), set(cores[threads:])
+
+
+def pin_process(pid: int, cores: set[int]) -> None:
+    """Every thread of process ``pid`` onto ``cores`` (threads it starts later inherit)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(task.name), cores)
+
+
+def service_level(
+    model_dir: Path, env: dict[str, str], levels, requests: int, purify=True, split=None
+):
     """Load levels against one server; each row adds what the server saw meanwhile (warm-up
-    included): the mean batch size and the share of the time spent in inference."""
+    included): the mean batch size and the share of the time spent in inference. ``split``
+    (from :func:`core_split`) pins the server and this load generator to separate cores."""
     images = service_load.fashion_pngs(64)
     process, url = service_load.start_server(str(model_dir), env)
     rows = []
+    own = os.sched_getaffinity(0) if split else None
+    if split:
+        pin_process(process.pid, split[0])
+        os.sched_setaffinity(0, split[1])
     try:
         readyz = service_load.httpx.get(f"{url}/readyz", timeout=5).json()
         for concurrency in levels:
@@ -78,11 +104,18 @@ def service_level(model_dir: Path, env: dict[str, str], levels, requests: int, p
             result["server_p50_ms"] = server_quantile(delta, 0.5)
             result["server_p99_ms"] = server_quantile(delta, 0.99)
             result["kernel"] = readyz.get("neuron_kernel")
+            result["cores"] = (
+                {"server": sorted(split[0]), "load_generator": sorted(split[1])}
+                if split
+                else "shared"
+            )
             result["mean_batch"] = delta["images"] / max(delta["batches"], 1)
             result["inference_share"] = (delta["purify_s"] + delta["classify_s"]) / elapsed
             result["decode_share"] = delta["decode_s"] / elapsed
             rows.append(result)
     finally:
+        if own:
+            os.sched_setaffinity(0, own)
         process.terminate()
         process.wait(10)
     return rows
@@ -117,7 +150,9 @@ def service_runs(
                 configs.append(("sweep", fused_dir, env, (1, 32)))
     rows = []
     for label, directory, env, levels in configs:
-        for result in service_level(directory, {**base, **env}, levels, requests):
+        intra = int(env.get("SPIKEGUARD_INTRA_OP_THREADS", threads))
+        split = core_split(intra)
+        for result in service_level(directory, {**base, **env}, levels, requests, split=split):
             result.update(
                 mode=label,
                 max_batch_size=int(env.get("SPIKEGUARD_MAX_BATCH_SIZE", report.DEFAULT_BATCH)),
