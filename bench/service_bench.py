@@ -121,6 +121,13 @@ def service_level(
     return rows
 
 
+def default(setting: str):
+    """The service's default for ``setting`` (what an unset variable means)."""
+    from service.config import Settings
+
+    return Settings.model_fields[setting].default
+
+
 def service_runs(
     fused_dir: Path, unrolled_dir: Path, threads: int, requests: int, sweep: bool
 ) -> list[dict]:
@@ -155,8 +162,8 @@ def service_runs(
         for result in service_level(directory, {**base, **env}, levels, requests, split=split):
             result.update(
                 mode=label,
-                max_batch_size=int(env.get("SPIKEGUARD_MAX_BATCH_SIZE", report.DEFAULT_BATCH)),
-                batch_wait_ms=float(env.get("SPIKEGUARD_BATCH_WAIT_MS", report.DEFAULT_WAIT_MS)),
+                max_batch_size=int(env.get("SPIKEGUARD_MAX_BATCH_SIZE", default("max_batch_size"))),
+                batch_wait_ms=float(env.get("SPIKEGUARD_BATCH_WAIT_MS", default("batch_wait_ms"))),
             )
             print(
                 f"  service {label} batch {result['max_batch_size']} wait "

@@ -54,7 +54,11 @@ class Settings(BaseSettings):
     )
     max_batch_size: int = Field(32, ge=1, description="images per inference batch")
     batch_wait_ms: float = Field(
-        2.0, ge=0, description="how long the first request of a batch waits for company"
+        0.0,
+        ge=0,
+        description="how long the first request of a batch waits for company; 0: a batch is "
+        "what queued while the previous one ran (docs/benchmarks.md: on CPU a lone request "
+        "pays the whole wait, and bigger batches buy almost nothing per image)",
     )
     queue_size: int = Field(256, ge=1, description="requests waiting for inference")
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
