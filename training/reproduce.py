@@ -125,10 +125,15 @@ def run_eval_stage(stage: EvalStage, study: Study, out: Path, args, commit) -> N
             f"{result['attack']} robust {result['robust_accuracy']:.1f}%"
         )
 
+    def on_batch(partial: Path, label: str, done: int, total: int) -> None:
+        setting = label.split("] ", 1)[-1]
+        commit(f"Study {study.preset}: {stage.name} {setting} batch {done}/{total}")
+
     report = run_suite(
         suite_config(stage, out, args),
         log=lambda msg: print(msg, file=sys.stderr, flush=True),
         on_result=on_result,
+        on_batch=on_batch,
     )
     if report.failed:
         print(f"{stage.name}: {report.failed} sanity check(s) FAILED", file=sys.stderr)

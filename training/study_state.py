@@ -146,6 +146,11 @@ def result_files(out: Path, stage: EvalStage | DetectStage) -> list[Path]:
     return sorted((out / "eval" / stage.name).glob(RESULT_FILES))
 
 
+def partial_files(out: Path, stage: EvalStage) -> list[Path]:
+    """The batch tallies of the stage's unfinished settings (``evaluation.suite.partial_path``)."""
+    return sorted((out / "eval" / stage.name).glob("*/*/*.partial"))
+
+
 def eval_settings(stage: EvalStage, out: Path, args) -> list[dict[str, Any]]:
     """The stage's grid, planned without loading a model."""
     from .evaluation import plan_grid
@@ -172,10 +177,18 @@ def eval_status(stage: EvalStage, out: Path, args) -> StageStatus:
     done_prior = sum(priors) - sum(left_priors)
     scale = spent / done_prior if done_prior > 0 and spent > 0 else 1.0
     n_done = len(settings) - len(left_priors)
-    state = "done" if not left_priors else ("partial" if n_done else "pending")
+    progress = f"settings {n_done} of {len(settings)}"
+    partials = [json.loads(p.read_text()) for p in partial_files(out, stage)]
+    if partials and left_priors:  # batches of an unfinished setting, committed as they end
+        spent += sum(r.get("seconds", 0.0) for r in partials)
+        batches = sum(r["batches"] for r in partials)
+        total = sum(-(-r["n"] // r["batch_size"]) for r in partials)
+        progress += f", batch {batches} of {total} of the next"
+        left_priors[0] *= 1 - batches / max(total, 1)
+    state = "done" if not left_priors else ("partial" if n_done or partials else "pending")
     devices = sorted({r.get("device", "") for r in results} - {""})
     return StageStatus(
-        stage.name, stage.group, "evaluate", state, f"settings {n_done} of {len(settings)}",
+        stage.name, stage.group, "evaluate", state, progress,
         spent, sum(left_priors) * scale, ",".join(devices),
     )  # fmt: skip
 

@@ -9,9 +9,11 @@ reproducible. ``input_gradient_stats`` reports the raw input gradient the attack
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -88,6 +90,44 @@ def _attack_survivors(
     return alive
 
 
+class _Tally:
+    """The counts of the batches an evaluation has finished, as a partial file holds them."""
+
+    def __init__(self, record: dict[str, Any] | None = None):
+        record = record or {}
+        self.batches = int(record.get("batches", 0))
+        self.clean_correct = int(record.get("clean_correct", 0))
+        self.robust_correct = int(record.get("robust_correct", 0))
+        self.per_source: Counter = Counter(record.get("per_source", {}))
+        self.fooled_by: Counter = Counter(record.get("fooled_by", {}))
+        self.eot_used: dict[str, int] = dict(record.get("eot_used", {}))
+        self.seconds = float(record.get("seconds", 0.0))  # spent before this run
+
+    @classmethod
+    def load(cls, path: Path | None, n: int, batch_size: int) -> _Tally:
+        """The tallies in ``path`` when it covers these images in these batches, else none."""
+        if path is None or not path.exists():
+            return cls()
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return cls()
+        if record.get("n") != n or record.get("batch_size") != batch_size:
+            return cls()
+        return cls(record)
+
+    def save(self, path: Path, n: int, batch_size: int, seconds_now: float) -> None:
+        record = {
+            "n": n, "batch_size": batch_size, "batches": self.batches,
+            "clean_correct": self.clean_correct, "robust_correct": self.robust_correct,
+            "per_source": dict(self.per_source), "fooled_by": dict(self.fooled_by),
+            "eot_used": self.eot_used, "seconds": round(self.seconds + seconds_now, 3),
+        }  # fmt: skip
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        tmp.replace(path)
+
+
 def evaluate(
     defence: Defence,
     threat: str,
@@ -100,8 +140,15 @@ def evaluate(
     surrogates: Sequence[str] = DEFAULT_SURROGATES,
     seed: int = 0,
     batch_size: int = 100,
+    partial: Path | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Clean and robust accuracy of ``defence`` under one attack and threat model.
+
+    ``partial``: a file holding the tallies of the batches done so far, rewritten after
+    each batch (then ``on_batch(done, total)`` runs), read at the start to skip the batches
+    it covers; every batch is seeded by its index, so a resumed run gives the result an
+    uninterrupted one would. The caller removes it once the result is written.
 
     ``images`` are in [0, 1] on the models' device. For ``transfer`` the attack runs on
     each model of ``sources``; the result also lists each source's own robust accuracy.
@@ -117,15 +164,16 @@ def evaluate(
     pipeline = defence.pipeline
     start = time.perf_counter()
     n = int(labels.numel())
-    clean_correct = robust_correct = 0
-    per_source = Counter()
-    fooled_by: Counter = Counter()
-    eot_used: dict[str, int] = {}
+    tally = _Tally.load(partial, n, batch_size)
+    total = -(-n // batch_size)
     for b, begin in enumerate(range(0, n, batch_size)):
+        if b < tally.batches:
+            continue
         x, y = images[begin : begin + batch_size], labels[begin : begin + batch_size]
         with torch.no_grad():
             correct = pipeline(x).argmax(1) == y
-        clean_correct += int(correct.sum())
+        tally.clean_correct += int(correct.sum())
+        fooled_by, eot_used = tally.fooled_by, tally.eot_used
         kwargs = {"surrogates": surrogates, "fooled_by": fooled_by, "seed": _batch_seed(seed, b)}
         if canonical == "transfer":
             survived = correct.clone()
@@ -136,7 +184,7 @@ def evaluate(
                     source, pipeline, attack, x, y, correct, tag=f"{name}:",
                     budget=budget.replace(eot_samples=eot), **kwargs,
                 )  # fmt: skip
-                per_source[name] += int(alive.sum())
+                tally.per_source[name] += int(alive.sum())
                 survived &= alive
         else:
             attacked = pipeline if canonical == NOISE else defence.attacked_model(canonical)
@@ -147,7 +195,15 @@ def evaluate(
                 budget=budget.replace(eot_samples=eot),
                 stop_when_fooled=defence.matches_attacked(canonical), **kwargs,
             )  # fmt: skip
-        robust_correct += int(survived.sum())
+        tally.robust_correct += int(survived.sum())
+        tally.batches = b + 1
+        if partial is not None:
+            tally.save(partial, n, batch_size, time.perf_counter() - start)
+            if on_batch is not None:
+                on_batch(tally.batches, total)
+    clean_correct, robust_correct, per_source = (
+        tally.clean_correct, tally.robust_correct, tally.per_source
+    )  # fmt: skip
     result: dict[str, Any] = {
         "defence": defence.name,
         "threat_model": canonical,
@@ -159,9 +215,9 @@ def evaluate(
         "n": n,
         **report.accuracy_fields("clean", clean_correct, n),
         **report.accuracy_fields("robust", robust_correct, n),
-        "fooled_by": dict(fooled_by),
-        "eot_samples": eot_used,
-        "seconds": round(time.perf_counter() - start, 3),
+        "fooled_by": dict(tally.fooled_by),
+        "eot_samples": tally.eot_used,
+        "seconds": round(tally.seconds + time.perf_counter() - start, 3),
     }
     if canonical == "transfer":
         result["per_source"] = {

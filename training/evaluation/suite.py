@@ -150,7 +150,15 @@ def _settings(setup: _Setup, item: dict[str, Any], budget) -> dict[str, Any]:
     }
 
 
-def _run_or_reuse(setup: _Setup, item: dict[str, Any], label: str, log, on_result) -> dict:
+def partial_path(result_path: Path) -> Path:
+    """Where an unfinished setting keeps the tallies of its finished batches (not ``*.json``:
+    readers of a stage's results never mistake it for one)."""
+    return result_path.with_suffix(".partial")
+
+
+def _run_or_reuse(
+    setup: _Setup, item: dict[str, Any], label: str, log, on_result, on_batch
+) -> dict:
     config, d = setup.config, item["defence"]
     budget = config.budget(item["attack"], item["eps"], item["steps"], item["purpose"])
     settings = _settings(setup, item, budget)
@@ -161,16 +169,25 @@ def _run_or_reuse(setup: _Setup, item: dict[str, Any], label: str, log, on_resul
         result = json.loads(path.read_text())
         log(f"{label}: robust {result['robust_accuracy']:.1f}% (reused {path.name})")
         return result
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = partial_path(path)
+    if partial.exists():
+        log(f"{label}: resuming from {partial.name}")
+
+    def batch_done(done: int, total: int) -> None:
+        if on_batch is not None and done < total:
+            on_batch(partial, label, done, total)
+
     result = engine.evaluate(
         d, item["threat"], item["attack"], setup.images, setup.labels, budget=budget,
         sources={k: v.model for k, v in setup.sources.items()}, surrogates=config.surrogates,
-        seed=config.seed, batch_size=config.batch_size,
+        seed=config.seed, batch_size=config.batch_size, partial=partial, on_batch=batch_done,
     )  # fmt: skip
     result.update(purpose=item["purpose"], settings=settings, key=key, device=str(setup.device))
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(path)
+    partial.unlink(missing_ok=True)
     if on_result is not None:
         on_result(path, result)
     log(
@@ -184,9 +201,12 @@ def run_suite(
     config: SuiteConfig,
     log=print,
     on_result: Callable[[Path, dict[str, Any]], None] | None = None,
+    on_batch: Callable[[Path, str, int, int], None] | None = None,
 ) -> SuiteReport:
     """Plans the grid, runs (or reuses) every setting, then checks and writes the report.
-    ``on_result(path, result)`` runs after each newly computed result file is written."""
+    ``on_result(path, result)`` runs after each newly computed result file is written;
+    ``on_batch(partial, label, done, total)`` after each batch of an unfinished setting
+    (``partial`` holds its tallies; a later run resumes from it)."""
     wall_start = time.perf_counter()
     setup = _setup(config)
     plan = plan_grid(config, setup.defences)
@@ -197,7 +217,7 @@ def run_suite(
             + (f"^{item['steps']}" if item["steps"] is not None else "")
             + (f" eps={item['eps']:.4g}" if item["attack"] != "gaussian" else "")
         )
-        results.append(_run_or_reuse(setup, item, label, log, on_result))
+        results.append(_run_or_reuse(setup, item, label, log, on_result, on_batch))
     gradient_checks = _gradient_checks(
         config, setup.defences, setup.sources, setup.images, setup.labels, plan
     )

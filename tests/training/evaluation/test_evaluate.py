@@ -216,6 +216,44 @@ def test_worst_case_over_surrogates_never_helps_the_defender(workspace):
     assert both["fooled_by"]["rect1"] == one["fooled_by"]["rect1"]
 
 
+def test_an_interrupted_setting_resumes_from_its_finished_batches(workspace, tmp_path):
+    """A long setting keeps the tallies of its finished batches; killed between batches and
+    run again it skips them and ends with the uninterrupted run's figures."""
+    from training.checkpoint import load_model
+
+    model, _ = load_model(workspace / "classifier")
+    x, y = make_blobs(32, seed=12)
+    defence = Defence("none", model)
+    kwargs = {"budget": Budget(0.2, steps=2, step_size=0.1), "seed": 3, "batch_size": 8}
+    expected = evaluate(defence, "end-to-end", "pgd", x, y, **kwargs)
+    assert 0 < expected["robust_correct"] < expected["clean_correct"]  # the attack bites
+
+    partial, seen = tmp_path / "setting.partial", []
+
+    def stop_after_two(done: int, total: int) -> None:
+        seen.append((done, total))
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(defence, "end-to-end", "pgd", x, y, partial=partial, on_batch=stop_after_two,
+                 **kwargs)  # fmt: skip
+    assert seen == [(1, 4), (2, 4)]
+    assert json.loads(partial.read_text())["batches"] == 2
+    calls = []
+    resumed = evaluate(defence, "end-to-end", "pgd", x, y, partial=partial,
+                       on_batch=lambda done, total: calls.append(done), **kwargs)  # fmt: skip
+    assert calls == [3, 4]  # batches 1-2 were not attacked again
+    drop = ("seconds",)
+    assert {k: v for k, v in resumed.items() if k not in drop} == {
+        k: v for k, v in expected.items() if k not in drop
+    }
+    # a tally of other images (another n or batch size) is not used
+    partial.write_text(json.dumps({"n": 31, "batch_size": 8, "batches": 3, "clean_correct": 0}))
+    fresh = evaluate(defence, "end-to-end", "pgd", x, y, partial=partial, **kwargs)
+    assert fresh["robust_correct"] == expected["robust_correct"]
+
+
 def test_sanity_checks_flag_rising_accuracy_and_strong_transfer():
     def record(threat, eps, steps, correct, purpose="table"):
         lo, hi = wilson_interval(correct, 100)
