@@ -164,7 +164,12 @@ def test_purifier_training_lowers_reconstruction_error(tmp_path, tiny_data):
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is exercised on Linux")
 @pytest.mark.system
 def test_distributed_two_processes_stay_in_sync(tmp_path, tiny_data):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    # gloo on the loopback interface only: by default it resolves the host name and may
+    # pick another interface, which a test must not use
+    env = {
+        **os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
+        "GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1",
+    }  # fmt: skip
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
         "--nproc_per_node", "2", "-m", "training", "train-classifier",
