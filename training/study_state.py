@@ -82,6 +82,7 @@ def suite_config(stage: EvalStage, out: Path, args: argparse.Namespace):
         out=str(out / "eval" / stage.name),
         name=stage.name,
         sanity=stage.sanity,
+        compile=getattr(args, "compile", True),
     )
 
 

@@ -71,7 +71,12 @@ TINY = Study(
 
 def study_args(data_dir: Path, commit: bool) -> argparse.Namespace:
     return argparse.Namespace(
-        device="cpu", data_dir=str(data_dir), progress=False, budget_hours=1.0, commit=commit
+        device="cpu",
+        data_dir=str(data_dir),
+        progress=False,
+        budget_hours=1.0,
+        commit=commit,
+        compile=False,
     )
 
 

@@ -110,6 +110,11 @@ def _setup(config: SuiteConfig) -> _Setup:
     device = loading.resolve_device(config.device)
     defences, loaded = loading.defences(config, device)
     sources = loading.sources(config, device)
+    if config.compile:
+        from ..snn.neurons import use_kernels
+
+        for item in (*loaded.values(), *sources.values()):
+            use_kernels(item.model, "compiled")
     dataset = loading.dataset(config, loaded, sources)
     split = load_split(dataset, train=False, data_dir=config.data_dir).subset(config.n, config.seed)
     name = config.name or loaded["classifier"].path.parent.name or "evaluation"
@@ -184,6 +189,8 @@ def _run_or_reuse(
         seed=config.seed, batch_size=config.batch_size, partial=partial, on_batch=batch_done,
     )  # fmt: skip
     result.update(purpose=item["purpose"], settings=settings, key=key, device=str(setup.device))
+    # how the gradients were computed, not what was attacked: outside the settings and key
+    result["neuron_kernels"] = "compiled" if config.compile else "eager"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(path)

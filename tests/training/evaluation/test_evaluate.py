@@ -3,6 +3,7 @@ generated IDX dataset, ``python -m training evaluate`` and its report files."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from training.__main__ import main
 from training.attacks import Budget
 from training.checkpoint import save_checkpoint
 from training.evaluation import SuiteConfig, evaluate, run_suite
+from training.evaluation.cli import configure
 from training.evaluation.report import sanity_checks, wilson_interval
 from training.losses import charbonnier
 from training.models import create_model
@@ -320,6 +322,25 @@ def test_python_api_runs_without_the_command_line(workspace, tmp_path):
     report = run_suite(config, log=lambda line: None)
     assert [r["attack"] for r in report.results] == ["fgsm"]
     assert (report.out_dir / "summary.md").exists() and report.checks == []
+
+
+def test_compile_puts_the_attacked_neurons_on_the_compiled_kernels(workspace, tmp_path):
+    from training.evaluation.suite import _setup
+    from training.snn.neurons import spiking_neurons
+
+    for flag, kernels in ((False, "eager"), (True, "compiled")):
+        config = SuiteConfig(
+            classifier=str(workspace / "classifier"), attacks=["fgsm"], eps=[0.1], n=8,
+            threat_models=["end-to-end"],
+            data_dir=str(workspace / "data"), out=str(tmp_path / kernels), compile=flag,
+        )  # fmt: skip
+        setup = _setup(config)
+        model = setup.loaded["classifier"].model
+        assert {m.kernels.name for _, m in spiking_neurons(model)} == {kernels}
+    parser = argparse.ArgumentParser()
+    configure(parser, "evaluate")
+    assert parser.parse_args(["--classifier", "x", "--compile"]).compile is True
+    assert parser.parse_args(["--classifier", "x"]).compile is False
 
 
 def test_all_four_defences_are_evaluated(workspace, tmp_path):
