@@ -174,21 +174,28 @@ def run(args: argparse.Namespace) -> int:
         unknown = sorted(set(args.only) - set(names))
         if unknown:
             raise UsageError(f"unknown stage(s) {unknown}; stages: {', '.join(names)}")
-        study = replace(study, stages=tuple(s for s in study.stages if s.name in args.only))
     if args.status:
-        print_status(study, out, args)
+        shown = study
+        if args.only:  # the whole plan's budget and order, these rows only
+            shown = replace(study, stages=tuple(s for s in study.stages if s.name in args.only))
+        print_status(shown, out, args, whole=study)
         return 0
-    run_study(study, out, args)
+    run_study(study, out, args, only=args.only)
     return 0
 
 
-def run_study(study: Study, out: Path, args: argparse.Namespace) -> None:
-    """Runs every stage that is not done, cut, or waiting for an unfinished one; each
-    resumes where the state in ``out`` says it stopped."""
+def run_study(
+    study: Study, out: Path, args: argparse.Namespace, only: list[str] | None = None
+) -> None:
+    """Runs every stage that is not done, cut, or waiting for an unfinished one (of
+    ``only``, when given); each resumes where the state in ``out`` says it stopped. The
+    budget, the order and ``results.json`` are always the whole study's."""
     out.mkdir(parents=True, exist_ok=True)
     commit = Committer(out, args.commit)
     rows = study_status(study, out, args, args.budget_hours)
     for row, stage in zip(rows, study.stages, strict=True):
+        if only and stage.name not in only:
+            continue
         if row.state in ("done", "cut"):
             if row.state == "cut":
                 print(f"cut (over the budget): {stage.name}", file=sys.stderr)

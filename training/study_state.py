@@ -238,8 +238,11 @@ def study_status(study: Study, out: Path, args, budget_hours: float) -> list[Sta
     return rows
 
 
-def print_status(study: Study, out: Path, args) -> None:
-    rows = study_status(study, out, args, args.budget_hours)
+def print_status(study: Study, out: Path, args, whole: Study | None = None) -> None:
+    """The rows of ``study``'s stages; budget cuts as in ``whole`` (default: ``study``)."""
+    whole = whole or study
+    shown = {s.name for s in study.stages}
+    rows = [r for r in study_status(whole, out, args, args.budget_hours) if r.name in shown]
     print(f"study {study.preset} in {out}  (budget {args.budget_hours:g} core-hours)")
     print(f"{'g':3s}{'kind':9s}{'stage':25s}{'state':9s}{'progress':19s}{'spent s':>9s}"
           f" {'left s':>9s}  device")  # fmt: skip

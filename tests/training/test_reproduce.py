@@ -200,3 +200,22 @@ def test_status_lists_every_stage_without_running_anything(tmp_path, monkeypatch
 def test_unknown_stage_is_a_usage_error(capsys):
     assert main(["reproduce", "--preset", "cpu-fashion-mnist", "--only", "nope", "--status"]) == 2
     assert "unknown stage" in capsys.readouterr().err
+
+
+def test_only_runs_its_stages_but_results_cover_the_whole_study(tmp_path, monkeypatch):
+    data = make_tiny_dataset(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    reproduce.run_study(TINY, OUT, study_args(data, commit=False), only=["clf-k3"])
+    assert (OUT / "clf-k3" / "summary.json").exists()
+    assert not (OUT / "purifier").exists() and not (OUT / "eval").exists()
+    results = json.loads((OUT / "results.json").read_text())
+    assert [s["name"] for s in results["stages"]] == ["clf-k3", "purifier", "headline"]
+    assert list(results["training"]) == ["clf-k3"]
+
+
+def test_status_of_some_stages_keeps_the_whole_plans_budget(tmp_path, monkeypatch, capsys):
+    # abl-k3 is cut by the whole study's budget; asked for alone it must stay cut
+    monkeypatch.chdir(tmp_path)
+    assert main(["reproduce", "--preset", "cpu-fashion-mnist", "--only", "abl-k3", "--status"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if " abl-k3 " in line]
+    assert len(rows) == 1 and " cut " in rows[0]
