@@ -200,6 +200,7 @@ def detect_config(stage: DetectStage, out: Path, args):
     return study_config(
         out, stage.name, classifier=stage.classifier, purifier=stage.purifier, eps=stage.eps,
         n=stage.n, data_dir=args.data_dir, device="cuda" if args.device == "cuda" else "cpu",
+        compile=getattr(args, "compile", True),
     )  # fmt: skip
 
 

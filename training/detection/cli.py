@@ -41,6 +41,9 @@ def configure(parser: argparse.ArgumentParser, command: str) -> None:
     add("--batch-size", type=int, default=DEFAULTS["batch_size"])
     add("--device", default="cpu")
     add("--force", action="store_true", help="recompute settings whose result file exists")
+    add("--compile", action="store_true",
+        help="attack through the torch.compile neuron kernels (faster after a compile of "
+        "about half a minute per surrogate)")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:

@@ -63,6 +63,7 @@ class DetectionConfig:
     batch_size: int = 100
     device: str = "cpu"
     force: bool = False
+    compile: bool = False  # the attacks' neurons on the torch.compile kernels, as evaluate's
 
 
 @dataclass
@@ -125,6 +126,10 @@ def _load(config: DetectionConfig, device: torch.device):
             raise UsageError(f"{resolved} holds a {meta.get('model')!r}, not a {role}")
         for p in model.parameters():
             p.requires_grad_(False)
+        if config.compile:
+            from ..snn.neurons import use_kernels
+
+            use_kernels(model, "compiled")
         loaded[role] = (
             model.eval(),
             meta,
