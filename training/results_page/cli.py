@@ -18,6 +18,11 @@ def configure(parser: argparse.ArgumentParser, command: str) -> None:
     )
     add("--out", default="docs/results.md", help="the Markdown page (default docs/results.md)")
     add("--plots", help="directory of the PNG plots (default: <out without .md>/, docs/results/)")
+    add("--model-dir", default="models/fashion-mnist",
+        help="the served model the study made (default models/fashion-mnist)")  # fmt: skip
+    add("--served", default="docs/results/served-accuracy.json",
+        help="bench/served_accuracy.py's --out for that model (default "
+        "docs/results/served-accuracy.json)")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     plots = Path(args.plots) if args.plots else out.with_suffix("")
     try:
-        render_page(study, out, plots)
+        render_page(study, out, plots, args.model_dir, args.served)
     except (ValueError, KeyError) as exc:
         raise UsageError(f"cannot read the study in {study}: {type(exc).__name__}: {exc}") from None
     print(f"wrote {out} (plots in {plots})")

@@ -41,13 +41,21 @@ def _intro(data: StudyData) -> list[str]:
     ]
 
 
-def render_page(study_dir: str | Path, out_md: str | Path, plots_dir: str | Path) -> str:
+def render_page(
+    study_dir: str | Path,
+    out_md: str | Path,
+    plots_dir: str | Path,
+    model_dir: str | Path = "models/fashion-mnist",
+    served: str | Path = "docs/results/served-accuracy.json",
+) -> str:
     """Reads the study, draws the plots into ``plots_dir``, writes ``out_md``; returns the
-    Markdown."""
+    Markdown. ``model_dir`` is the served model the study made, ``served`` what
+    ``bench/served_accuracy.py`` measured of it over HTTP."""
     data = load(study_dir)
     out_md, plots_dir = Path(out_md), Path(plots_dir)
     md_dir = out_md.parent
     lines = _intro(data)
+    lines += sections.served_model(data, Path(model_dir), Path(served))
     lines += tables.headline(data)
     lines += _image(plots.headline(data, plots_dir), md_dir, "Headline rows")
     lines += tables.table2(data)

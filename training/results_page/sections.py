@@ -3,7 +3,9 @@ noise level as a detector, and the study's stages (pending, cut, devices)."""
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
+from pathlib import Path
 
 from . import paper
 from .data import MISSING, Row, StudyData, eps_key
@@ -362,3 +364,99 @@ def sanity(data: StudyData) -> list[str]:
     elif any(r.measured for r in rows):
         out += ["", "Every measured large-ε row leaves at most 5 % (lower end of its interval)."]
     return out + [""]
+
+
+def _best_epoch(study: Path, stage: str, score: str) -> dict | None:
+    """The epoch record of a training stage with the highest ``score`` (its best weights)."""
+    path = study / stage / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = [r for r in records if score in r]
+    return max(records, key=lambda r: r[score]) if records else None
+
+
+def served_model(data: StudyData, model_dir: Path, served: Path) -> list[str]:
+    """The default model as exported (its manifest's accuracies on the test set), as served
+    (``bench/served_accuracy.py`` over HTTP), and the two purifiers' validation figures
+    that show what training on clean images as well buys."""
+    lines = ["## The served default model", ""]
+    manifest_path = model_dir / "manifest.json"
+    if not manifest_path.is_file():
+        return lines + [f"No model in `{model_dir.as_posix()}`: not yet measured.", ""]
+    manifest = json.loads(manifest_path.read_text())
+    metrics = manifest.get("metrics", {})
+    sources = {
+        role: manifest.get("models", {}).get(role, {}).get("source_checkpoint", "?")
+        for role in ("classifier", "purifier")
+    }
+    lines.append(
+        f"`{model_dir.as_posix()}` ({manifest['name']} v{manifest['version']}): classifier from "
+        f"`{sources['classifier']}`, purifier from `{sources['purifier']}`."
+    )
+    lines.append("")
+    got = json.loads(served.read_text()) if served.is_file() else None
+    if got and got.get("model") != f"{manifest['name']} v{manifest['version']}":
+        got = None  # measured on another version of the bundle
+    body = []
+    for key, label in (("clean_accuracy", "bare"), ("purified_clean_accuracy", "purified")):
+        exported = metrics.get(key)
+        over_http = (got or {}).get(key, {}).get("served")
+        body.append(
+            (
+                label,
+                MISSING if exported is None else f"{100 * exported:.2f} %",
+                str(metrics.get("eval_images", "-")),
+                MISSING if over_http is None else f"{over_http:.2f} %",
+                str(got["n"]) if got else "-",
+            )
+        )
+    lines += table(
+        ("classifier input", "ONNX Runtime at export", "N", "over HTTP (/classify)", "N"), body
+    )
+    lines.append("")
+    if got:
+        lines.append(
+            "Over HTTP: `bench/served_accuracy.py --model-dir "
+            f"{model_dir.as_posix()} --n {got['n']}` (`{served.as_posix()}`)."
+        )
+    else:
+        lines.append("Over HTTP: not yet measured for this version (`bench/served_accuracy.py`).")
+    lines.append("")
+    rows = []
+    for stage, label in (("purifier", "shipped"), ("purifier-paper", "paper's Algorithm 1")):
+        best = _best_epoch(data.root, stage, "val_purified_mean_acc")
+        if best is None:
+            rows.append((f"{label} (`{stage}`)", MISSING, MISSING, MISSING, "-", "-"))
+            continue
+        config = data.train_configs.get(stage, {})
+        rows.append(
+            (
+                f"{label} (`{stage}`)",
+                f"{best['val_clean_acc']:.1f} %",
+                f"{best['val_purified_clean_acc']:.1f} %",
+                f"{best['val_purified_acc']:.1f} %",
+                str(best["epoch"]),
+                str(config.get("val_images", "?")),
+            )
+        )
+    lines.append(
+        "What the shipped purifier's training mix (a quarter clean images, FGSM epsilons drawn "
+        "from [0, 2 eps]) buys over the paper's Algorithm 1 (FGSM at 2 eps only), on the "
+        "validation images held out of the training split (N per purifier beside it), at "
+        "each purifier's best epoch (the highest mean of its last two columns, which picks "
+        "the weights it ships):"
+    )
+    lines.append("")
+    lines += table(
+        (
+            "purifier",
+            "bare clean",
+            "purified clean",
+            "purified FGSM (classifier-only)",
+            "epoch",
+            "N",
+        ),  # fmt: skip
+        rows,
+    )
+    return lines + [""]

@@ -302,3 +302,43 @@ def test_the_command_renders_and_refuses_a_directory_without_results(study, tmp_
     assert "28.5 %" in out.read_text() and (tmp_path / "page" / "headline.png").exists()
     assert main(["results-page", "--study", str(tmp_path / "empty"), "--out", str(out)]) == 2
     assert "no results.json" in capsys.readouterr().err
+
+
+def test_the_served_model_section_shows_export_http_and_the_purifiers(study, tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    manifest = {
+        "name": "fashion-mnist", "version": "1.0",
+        "metrics": {"eval_images": 10000, "clean_accuracy": 0.9167,
+                    "purified_clean_accuracy": 0.9149},
+        "models": {"classifier": {"source_checkpoint": "studies/x/clf-k3/best.safetensors"},
+                   "purifier": {"source_checkpoint": "studies/x/purifier/best.safetensors"}},
+    }  # fmt: skip
+    (model / "manifest.json").write_text(json.dumps(manifest))
+    served = tmp_path / "served.json"
+    served.write_text(json.dumps({
+        "model": "fashion-mnist v1.0", "n": 10000,
+        "clean_accuracy": {"served": 91.66}, "purified_clean_accuracy": {"served": 91.5},
+    }))  # fmt: skip
+    epochs = [
+        {"epoch": e, "val_clean_acc": 91.6, "val_purified_clean_acc": clean,
+         "val_purified_acc": attacked, "val_purified_mean_acc": (clean + attacked) / 2}
+        for e, clean, attacked in ((1, 91.3, 69.0), (2, 91.7, 74.3), (3, 92.3, 68.3))
+    ]  # fmt: skip
+    (study / "purifier").mkdir()
+    (study / "purifier" / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in epochs))
+    text = render_page(study, tmp_path / "r.md", tmp_path / "r", model, served)
+    assert _line(text, "| bare |").strip(" |").split(" | ")[1:] == [
+        "91.67 %",
+        "10000",
+        "91.66 %",
+        "10000",
+    ]
+    assert "91.50 %" in _line(text, "| purified |")
+    shipped = _line(text, "shipped (`purifier`)")
+    assert "91.7 %" in shipped and "74.3 %" in shipped and "| 2 |" in shipped  # the best epoch
+    assert "not yet measured" in _line(text, "(`purifier-paper`)")
+    # a measurement of another version of the bundle is not shown as this one's
+    served.write_text(served.read_text().replace("v1.0", "v0.9"))
+    text = render_page(study, tmp_path / "r.md", tmp_path / "r", model, served)
+    assert "not yet measured" in _line(text, "| bare |")
