@@ -171,6 +171,7 @@ def _run_or_reuse(
     stub = {**item, "defence": d.name, "threat_model": item["threat"], "sigma": config.sigma}
     path = _result_path(setup.out_dir, stub, key)
     if path.exists() and not config.force:
+        partial_path(path).unlink(missing_ok=True)  # left by a stop between the two writes
         result = json.loads(path.read_text())
         log(f"{label}: robust {result['robust_accuracy']:.1f}% (reused {path.name})")
         return result
