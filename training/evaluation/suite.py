@@ -177,6 +177,8 @@ def _run_or_reuse(
         return result
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = partial_path(path)
+    if config.force:
+        partial.unlink(missing_ok=True)  # recompute means from the first batch
     if partial.exists():
         log(f"{label}: resuming from {partial.name}")
 
