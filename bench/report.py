@@ -123,8 +123,8 @@ def recommended_settings(results: dict) -> list[str]:
         (r["mode"], r["max_batch_size"], r["batch_wait_ms"], r["concurrency"]): r for r in service
     }
     lines = []
-    DEFAULT_BATCH, DEFAULT_WAIT_MS = run_defaults(results)  # noqa: N806
-    loaded = by.get(("native", DEFAULT_BATCH, DEFAULT_WAIT_MS, 32))
+    default = run_defaults(results)
+    loaded = by.get(("native", *default, 32))
     if loaded and "inference_share" in loaded:
         bound = "inference" if loaded["inference_share"] >= 0.6 else "the HTTP path"
         pinned = isinstance(loaded.get("cores"), dict)
@@ -200,20 +200,18 @@ def recommended_settings(results: dict) -> list[str]:
     )
     # the defaults are measured twice (the "native" server and the sweep's): their spread
     # is this run's noise, and a setting must beat the better of the two by more to count
-    repeats = [
-        r[2]["requests_per_s"] for r in sweep if (r[0], r[1]) == (DEFAULT_BATCH, DEFAULT_WAIT_MS)
-    ]
+    repeats = [r[2]["requests_per_s"] for r in sweep if (r[0], r[1]) == default]
     if loaded:
         repeats.append(loaded["requests_per_s"])
     best = max(sweep, key=lambda r: r[2]["requests_per_s"])
     # the margin a setting must beat them by: 10 %, or their own spread if that is wider
     margin = max(1.1, max(repeats) / min(repeats)) if repeats else 1.1
     tied = [r for r in sweep if r[2]["requests_per_s"] * margin >= best[2]["requests_per_s"]]
-    lone = [r[3]["p50_ms"] for r in sweep if (r[0], r[1]) == (DEFAULT_BATCH, DEFAULT_WAIT_MS)]
+    lone = [r[3]["p50_ms"] for r in sweep if (r[0], r[1]) == default]
     quickest = min(tied, key=lambda r: r[3]["p50_ms"])
     # of the settings that beat the defaults' lone request, the one that changes least
     faster = [r for r in tied if lone and r[3]["p50_ms"] * margin < min(lone)]
-    same_cap = [r for r in faster if r[0] == DEFAULT_BATCH]
+    same_cap = [r for r in faster if r[0] == default[0]]
     if same_cap:
         quickest = min(same_cap, key=lambda r: r[3]["p50_ms"])
     raw = (
@@ -232,8 +230,8 @@ def recommended_settings(results: dict) -> list[str]:
     elif faster:
         lines.append(
             f"- Settings: SPIKEGUARD_MAX_BATCH_SIZE={quickest[0]}, SPIKEGUARD_BATCH_WAIT_MS="
-            f"{quickest[1]:g} rather than this run's defaults ({DEFAULT_BATCH}, "
-            f"{DEFAULT_WAIT_MS:g} ms). At concurrency 32 no setting beats the defaults by more "
+            f"{quickest[1]:g} rather than this run's defaults ({default[0]}, "
+            f"{default[1]:g} ms). At concurrency 32 no setting beats the defaults by more "
             f"than the run's noise ({margin - 1:.0%}, at least 10 %; the defaults measured "
             f"{' and '.join(f'{v:.0f}' for v in sorted(repeats))} req/s), so throughput "
             f"does not decide; a lone request does: p50 {quickest[3]['p50_ms']:.1f} ms "
@@ -245,8 +243,8 @@ def recommended_settings(results: dict) -> list[str]:
         )
     else:
         lines.append(
-            f"- Settings: keep SPIKEGUARD_MAX_BATCH_SIZE={DEFAULT_BATCH} and "
-            f"SPIKEGUARD_BATCH_WAIT_MS={DEFAULT_WAIT_MS:g}. Two servers with these settings "
+            f"- Settings: keep SPIKEGUARD_MAX_BATCH_SIZE={default[0]} and "
+            f"SPIKEGUARD_BATCH_WAIT_MS={default[1]:g}. Two servers with these settings "
             f"measured {' and '.join(f'{v:.0f}' for v in sorted(repeats))} req/s at "
             f"concurrency 32 in this run, so differences of that size are noise; the best "
             f"sweep setting (batch {best[0]}, wait {best[1]:g} ms, "
