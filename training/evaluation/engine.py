@@ -201,9 +201,6 @@ def evaluate(
             tally.save(partial, n, batch_size, time.perf_counter() - start)
             if on_batch is not None:
                 on_batch(tally.batches, total)
-    clean_correct, robust_correct, per_source = (
-        tally.clean_correct, tally.robust_correct, tally.per_source
-    )  # fmt: skip
     result: dict[str, Any] = {
         "defence": defence.name,
         "threat_model": canonical,
@@ -213,15 +210,16 @@ def evaluate(
         "steps": budget.steps,
         "budget": resolve(attack, budget.replace(eot_samples=1)).to_json(),
         "n": n,
-        **report.accuracy_fields("clean", clean_correct, n),
-        **report.accuracy_fields("robust", robust_correct, n),
+        **report.accuracy_fields("clean", tally.clean_correct, n),
+        **report.accuracy_fields("robust", tally.robust_correct, n),
         "fooled_by": dict(tally.fooled_by),
         "eot_samples": tally.eot_used,
         "seconds": round(tally.seconds + time.perf_counter() - start, 3),
     }
     if canonical == "transfer":
         result["per_source"] = {
-            name: report.accuracy_fields("robust", per_source[name], n) for name in sources or {}
+            name: report.accuracy_fields("robust", tally.per_source[name], n)
+            for name in sources or {}
         }
     return result
 
