@@ -68,8 +68,16 @@ def start_server(model_dir: str, env_overrides: dict[str, str]) -> tuple[subproc
 
 
 async def run_level(
-    url: str, images: list[bytes], concurrency: int, requests: int, purify: bool
+    url: str,
+    images: list[bytes],
+    concurrency: int,
+    requests: int,
+    purify: bool,
+    upload: str = "multipart",
 ) -> dict:
+    """``requests`` requests from ``concurrency`` clients; ``upload`` is how each image is
+    sent: ``multipart`` (a form with the file in ``file``) or ``raw`` (the PNG as the body,
+    ``Content-Type: image/png``)."""
     latencies: list[float] = []
     errors: dict[int, int] = {}
     counter = iter(range(requests))
@@ -78,10 +86,15 @@ async def run_level(
 
         async def worker() -> None:
             for i in counter:
-                files = {"file": ("image.png", images[i % len(images)], "image/png")}
+                image = images[i % len(images)]
+                body = (
+                    {"content": image, "headers": {"content-type": "image/png"}}
+                    if upload == "raw"
+                    else {"files": {"file": ("image.png", image, "image/png")}}
+                )
                 start = time.perf_counter()
                 response = await http.post(
-                    "/classify", files=files, params={"purify": str(purify).lower()}
+                    "/classify", params={"purify": str(purify).lower()}, **body
                 )
                 latencies.append(time.perf_counter() - start)
                 if response.status_code != 200:
@@ -101,6 +114,7 @@ async def run_level(
     ms = sorted(x * 1e3 for x in latencies)
     return {
         "concurrency": concurrency,
+        "upload": upload,
         "requests": len(latencies),
         "errors": errors,
         "seconds": elapsed,
@@ -120,6 +134,10 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=400, help="requests per level")
     parser.add_argument("--no-purify", action="store_true", help="classify without purifier")
     parser.add_argument(
+        "--upload", choices=["multipart", "raw"], default="multipart",
+        help="send each image as a multipart form (default) or as the raw body",
+    )  # fmt: skip
+    parser.add_argument(
         "--env", action="append", default=[], metavar="KEY=VALUE",
         help="extra SPIKEGUARD_* settings for the started server",
     )  # fmt: skip
@@ -136,7 +154,7 @@ def main() -> int:
     try:
         readyz = httpx.get(f"{url}/readyz", timeout=5).json()
         results = [
-            asyncio.run(run_level(url, images, c, args.requests, not args.no_purify))
+            asyncio.run(run_level(url, images, c, args.requests, not args.no_purify, args.upload))
             for c in args.concurrency
         ]
     finally:

@@ -40,17 +40,6 @@ def limit_pillow_pixels(max_pixels: int) -> None:
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
-def header_pixels(data: bytes) -> int | None:
-    """Width * height from the image's header alone, or None when Pillow cannot read one
-    (the full decode then reports why)."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return None
-    return width * height
-
-
 @dataclass
 class DecodedImage:
     pixels: np.ndarray  # float32 [C, H, W] in [0, 1] at model resolution
@@ -70,6 +59,13 @@ def decode_image(
 
     Raises ``APIError``: 400 empty/not an image/corrupt, 413 too many bytes or pixels,
     415 an image format the service does not accept."""
+    image = open_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    return decode_opened(image, channels=channels, size=size)
+
+
+def open_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:
+    """The upload opened from its header alone (cheap: no pixel is decoded), checked for
+    size, format and pixel count; ``decode_opened`` decodes it. Raises as ``decode_image``."""
     if not data:
         raise APIError(400, "empty_upload", "the uploaded file is empty")
     if len(data) > max_bytes:
@@ -90,7 +86,6 @@ def decode_image(
             "unsupported_format",
             f"{image.format} images are not accepted; send one of {sorted(ALLOWED_FORMATS)}",
         )
-    source_format = image.format  # a transposed copy no longer carries it
     width, height = image.size
     if width * height > max_pixels:
         raise APIError(
@@ -101,6 +96,13 @@ def decode_image(
         )
     if width == 0 or height == 0:
         raise APIError(400, "corrupt_image", f"image has no pixels ({width}x{height})")
+    return image
+
+
+def decode_opened(image: Image.Image, *, channels: int, size: tuple[int, int]) -> DecodedImage:
+    """The pixels of an image ``open_image`` accepted, as the model's input."""
+    source_format = image.format  # a transposed copy no longer carries it
+    width, height = image.size
     try:
         image.seek(0)  # GIF / animated WebP: the first frame
         if image.format == "JPEG":

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, File, Query, UploadFile
-from pydantic import BaseModel
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
 
-from ..deps import RuntimeDep, ServiceDep
-from .uploads import one_file, read_upload
+from .query import parse_query, query_openapi
+from .uploads import UPLOAD_OPENAPI, read_upload
 
 router = APIRouter(tags=["classify"])
+
+
+class ClassifyParams(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    purify: bool = Field(True, description="purify before classifying")
+    top_k: int = Field(5, ge=1, le=1000, description="how many classes to list")
 
 
 class ModelRef(BaseModel):
@@ -57,16 +64,17 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum()
 
 
-@router.post("/classify", response_model=ClassifyResponse, dependencies=[Depends(one_file)])
-async def classify_image(
-    file: Annotated[UploadFile, File(description="PNG, JPEG, WebP, BMP or GIF image")],
-    service: ServiceDep,
-    runtime: RuntimeDep,
-    purify: Annotated[bool, Query(description="purify before classifying")] = True,
-    top_k: Annotated[int, Query(ge=1, le=1000, description="how many classes to list")] = 5,
-) -> ClassifyResponse:
+@router.post(
+    "/classify",
+    response_model=ClassifyResponse,
+    openapi_extra={**UPLOAD_OPENAPI, **query_openapi(ClassifyParams)},
+)
+async def classify_image(request: Request) -> Response:
+    """Purifies (unless ``purify=false``) and classifies the uploaded image."""
     start = time.perf_counter()
-    image, decode_s = await read_upload(file, service, runtime)
+    params = parse_query(ClassifyParams, request)
+    purify, top_k = params.purify, params.top_k
+    service, runtime, image, decode_s = await read_upload(request)
     job = await service.infer(runtime, image.pixels[None], purify=purify, classify=True)
     result = job.result
     assert result.logits is not None and result.classifier_spikes is not None
@@ -78,7 +86,7 @@ async def classify_image(
         for i in order
     ]
     manifest = runtime.manifest
-    return ClassifyResponse(
+    answer = ClassifyResponse(
         model=ModelRef(name=manifest.name, version=manifest.version),
         label=top[0].label,
         class_index=top[0].class_index,
@@ -99,3 +107,5 @@ async def classify_image(
             batch_size=job.batch_size,
         ),
     )
+    # serialised here: FastAPI would validate the model it was just built from again
+    return Response(answer.model_dump_json(), media_type="application/json")

@@ -5,17 +5,30 @@ pixel (in pixel units, [0, 1]; averaged over the colour channels). Both carry th
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
-from fastapi import APIRouter, Depends, File, Query, UploadFile
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from ..deps import RuntimeDep, ServiceDep
 from ..imaging import encode_png
-from .uploads import one_file, read_upload
+from .query import parse_query, query_openapi
+from .uploads import UPLOAD_OPENAPI, read_upload
 
 router = APIRouter(tags=["purify"])
+
+
+class PurifyParams(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    size: Literal["model", "original"] = Field(
+        "model", description="model resolution, or resized back to the upload's size"
+    )
+    output: Literal["purified", "noise"] = Field(
+        "purified",
+        description="the purified image, or the estimated noise-level map (level / 255)",
+    )
 
 
 @router.post(
@@ -24,22 +37,13 @@ router = APIRouter(tags=["purify"])
     responses={
         200: {"content": {"image/png": {}}, "description": "the purified image or noise map"}
     },
-    dependencies=[Depends(one_file)],
+    openapi_extra={**UPLOAD_OPENAPI, **query_openapi(PurifyParams)},
 )
-async def purify_image(
-    file: Annotated[UploadFile, File(description="PNG, JPEG, WebP, BMP or GIF image")],
-    service: ServiceDep,
-    runtime: RuntimeDep,
-    size: Annotated[
-        Literal["model", "original"],
-        Query(description="model resolution, or resized back to the upload's size"),
-    ] = "model",
-    output: Annotated[
-        Literal["purified", "noise"],
-        Query(description="the purified image, or the estimated noise-level map (level / 255)"),
-    ] = "purified",
-) -> Response:
-    image, _ = await read_upload(file, service, runtime)
+async def purify_image(request: Request) -> Response:
+    """The purified upload (or its noise-level map) as PNG."""
+    params = parse_query(PurifyParams, request)
+    size, output = params.size, params.output
+    service, runtime, image, _ = await read_upload(request)
     job = await service.infer(runtime, image.pixels[None], purify=True, classify=False)
     result = job.result
     assert result.purified is not None and result.noise_map is not None

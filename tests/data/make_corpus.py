@@ -47,7 +47,7 @@ class Case:
 class RequestCase:
     name: str
     status: int
-    code: str
+    code: str | None  # None: answered (200)
     why: str
 
 
@@ -291,7 +291,12 @@ REQUEST_CASES: tuple[RequestCase, ...] = (
     ),
     RequestCase("empty-form", 422, "invalid_parameters", "a multipart form with no parts"),
     RequestCase("no-boundary", 400, "bad_request", "multipart/form-data without a boundary"),
-    RequestCase("not-multipart", 422, "invalid_parameters", "the image as the raw body"),
+    RequestCase(
+        "raw-body", 200, None, "the image itself as the body (image/png): answered like the form"
+    ),
+    RequestCase(
+        "json-body", 415, "unsupported_media_type", "a JSON body: neither a form nor an image"
+    ),
     RequestCase(
         "declared-over-limit",
         413,

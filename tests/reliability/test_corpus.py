@@ -128,7 +128,9 @@ def raw_request(port: int, head: bytes, timeout: float = 10.0) -> httpx.Response
 
 @pytest.mark.usefixtures("still_serving")
 @pytest.mark.parametrize("case", REQUEST_CASES, ids=lambda case: case.name)
-def test_request_case(service: ServiceProcess, client: httpx.Client, case: RequestCase) -> None:
+def test_request_case(
+    service: ServiceProcess, client: httpx.Client, case: RequestCase, baseline: dict
+) -> None:
     image = valid_png()
     if case.name == "wrong-field-name":
         response = client.post("/classify", files={"image": ("x.png", image, "image/png")})
@@ -142,8 +144,12 @@ def test_request_case(service: ServiceProcess, client: httpx.Client, case: Reque
         response = client.post(
             "/classify", content=body, headers={"content-type": "multipart/form-data"}
         )
-    elif case.name == "not-multipart":
+    elif case.name == "raw-body":
         response = client.post("/classify", content=image, headers={"content-type": "image/png"})
+        assert_same_answer(response, baseline)
+        return
+    elif case.name == "json-body":
+        response = client.post("/classify", json={"file": "x.png"})
     elif case.name == "declared-over-limit":
         head = (
             "POST /classify HTTP/1.1\r\nHost: 127.0.0.1\r\n"

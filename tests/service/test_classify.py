@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from service_helpers import png_bytes
 
@@ -74,6 +75,36 @@ def test_answers_depend_on_the_image(client, fashion_images):
     spikes = {b["spikes"]["classifier"] for b in bodies}
     confidences = {tuple(round(p["confidence"], 6) for p in b["top_k"]) for b in bodies}
     assert len(spikes) > 1 and len(confidences) > 1
+
+
+def without_timings(body: dict) -> dict:
+    return {k: v for k, v in body.items() if k != "timings_ms"}
+
+
+@pytest.mark.parametrize("media_type", ["image/png", "application/octet-stream"])
+def test_a_raw_image_body_gets_the_same_answer_as_a_form(client, fashion_images, media_type):
+    """The image as the request body itself (no multipart framing) is classified exactly as
+    the same file in a form; the declared image type does not have to match the file."""
+    for image in fashion_images[0][:3]:
+        data = png_bytes(Image.fromarray(image, "L"))
+        form = classify(client, data, top_k=10)
+        raw = client.post(
+            "/classify", content=data, headers={"content-type": media_type}, params={"top_k": 10}
+        )
+        assert form.status_code == raw.status_code == 200, raw.text
+        assert without_timings(raw.json()) == without_timings(form.json())
+    mislabelled = client.post(
+        "/classify", content=data, headers={"content-type": "image/jpeg"}, params={"top_k": 10}
+    )
+    assert without_timings(mislabelled.json()) == without_timings(form.json())
+
+
+def test_purify_takes_a_raw_image_body(client, fashion_png):
+    form = client.post("/purify", files={"file": ("x.png", fashion_png)})
+    raw = client.post("/purify", content=fashion_png, headers={"content-type": "image/png"})
+    assert form.status_code == raw.status_code == 200, raw.text
+    assert raw.content == form.content
+    assert raw.headers["X-Noise-Level"] == form.headers["X-Noise-Level"]
 
 
 def test_classify_without_purification(client, fashion_png):

@@ -101,12 +101,51 @@ def test_bad_purify_size(client, fashion_png):
 
 def test_missing_file_field(client, fashion_png):
     response = client.post("/classify", files={"image": ("x.png", fashion_png)})
-    assert_error(response, 422, "invalid_parameters", "file")
+    body = assert_error(response, 422, "invalid_parameters", "file")
+    assert "image" in body["error"]["message"]  # names the field it got instead
 
 
-def test_not_multipart(client):
-    response = client.post("/classify", json={"file": "x"})
-    assert_error(response, 422, "invalid_parameters", "file")
+def test_a_text_value_in_the_file_field(client):
+    response = client.post(
+        "/classify", files={"other": ("x.png", b"x")}, data={"file": "not a file"}
+    )
+    assert_error(response, 422, "invalid_parameters", "expected a file")
+
+
+@pytest.mark.parametrize("path", ["/classify", "/purify"])
+def test_several_files_in_the_field_are_refused(client, fashion_png, path):
+    files = [("file", ("a.png", fashion_png)), ("file", ("b.png", fashion_png))]
+    assert_error(client.post(path, files=files), 422, "invalid_parameters", "exactly one")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "mentions"),
+    [
+        ({"json": {"file": "x"}}, "application/json"),
+        ({"data": {"file": "x"}}, "application/x-www-form-urlencoded"),
+        ({"content": b"\x89PNG", "headers": {"content-type": "text/plain"}}, "text/plain"),
+        ({"content": b"\x89PNG"}, "without a content-type"),
+    ],
+)
+def test_a_body_that_is_neither_a_form_nor_an_image(client, kwargs, mentions):
+    """415, naming what was sent and the two accepted forms."""
+    body = assert_error(client.post("/classify", **kwargs), 415, "unsupported_media_type", mentions)
+    assert "multipart/form-data" in body["error"]["message"]
+    assert "image/png" in body["error"]["message"]
+
+
+def test_raw_body_errors_are_the_form_errors(client):
+    raw = {"headers": {"content-type": "image/png"}}
+    assert_error(client.post("/classify", content=b"", **raw), 400, "empty_upload")
+    assert_error(client.post("/classify", content=b"text", **raw), 400, "not_an_image")
+    tiff = png_bytes(Image.new("L", (28, 28), 128), "TIFF")
+    assert_error(client.post("/purify", content=tiff, **raw), 415, "unsupported_format")
+
+
+def test_raw_body_over_the_limit(make_client, fashion_png):
+    client = make_client(max_upload_bytes=len(fashion_png) - 1)
+    response = client.post("/classify", content=fashion_png, headers={"content-type": "image/png"})
+    assert_error(response, 413, "too_large", "bytes")
 
 
 def test_unknown_route_and_method(client):
