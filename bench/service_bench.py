@@ -75,11 +75,18 @@ def pin_process(pid: int, cores: set[int]) -> None:
 
 
 def service_level(
-    model_dir: Path, env: dict[str, str], levels, requests: int, purify=True, split=None
+    model_dir: Path,
+    env: dict[str, str],
+    levels,
+    requests: int,
+    purify=True,
+    split=None,
+    upload: str = "multipart",
 ):
     """Load levels against one server; each row adds what the server saw meanwhile (warm-up
     included): the mean batch size and the share of the time spent in inference. ``split``
-    (from :func:`core_split`) pins the server and this load generator to separate cores."""
+    (from :func:`core_split`) pins the server and this load generator to separate cores;
+    ``upload`` is how the images are sent (``service_load.run_level``)."""
     images = service_load.fashion_pngs(64)
     process, url = service_load.start_server(str(model_dir), env)
     rows = []
@@ -93,7 +100,9 @@ def service_level(
             count = max(requests, 4 * concurrency)
             before, start = server_counters(url), time.perf_counter()
             cpu_before = (process_cpu_seconds(process.pid), time.process_time())
-            result = asyncio.run(service_load.run_level(url, images, concurrency, count, purify))
+            result = asyncio.run(
+                service_load.run_level(url, images, concurrency, count, purify, upload)
+            )
             cpu = (process_cpu_seconds(process.pid), time.process_time())
             elapsed, after = time.perf_counter() - start, server_counters(url)
             delta = {k: after[k] - before.get(k, 0.0) for k in after}
@@ -140,6 +149,7 @@ def service_runs(
     }
     configs = [
         ("native", fused_dir, {}, report.CONCURRENCY),
+        (report.RAW_BODY, fused_dir, {}, (1, 32)),
         ("function", fused_dir, {"SPIKEGUARD_MLF_KERNEL": "off"}, (1, 32)),
         ("unrolled", unrolled_dir, {}, (1, 32)),
     ]
@@ -159,7 +169,11 @@ def service_runs(
     for label, directory, env, levels in configs:
         intra = int(env.get("SPIKEGUARD_INTRA_OP_THREADS", threads))
         split = core_split(intra)
-        for result in service_level(directory, {**base, **env}, levels, requests, split=split):
+        upload = "raw" if label == report.RAW_BODY else "multipart"
+        measured = service_level(
+            directory, {**base, **env}, levels, requests, split=split, upload=upload
+        )
+        for result in measured:
             result.update(
                 mode=label,
                 max_batch_size=int(env.get("SPIKEGUARD_MAX_BATCH_SIZE", default("max_batch_size"))),

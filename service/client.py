@@ -13,14 +13,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import mimetypes
 import os
 import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -59,19 +57,6 @@ def find_images(paths: Iterable[str]) -> tuple[list[Path], bool]:
     return files, folders
 
 
-def multipart(path: Path) -> tuple[bytes, str]:
-    """A multipart/form-data body holding ``path`` in the field ``file``."""
-    boundary = uuid.uuid4().hex
-    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    filename = path.name.replace('"', "_").replace("\r", "_").replace("\n", "_")
-    head = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"'
-        f"\r\nContent-Type: {media_type}\r\n\r\n"
-    ).encode()
-    body = head + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
-    return body, f"multipart/form-data; boundary={boundary}"
-
-
 class Client:
     def __init__(self, url: str, *, purify: bool, top_k: int, timeout: float):
         self.url = url.rstrip("/")
@@ -93,13 +78,13 @@ class Client:
         """One row: the prediction, or the error the service (or the network) gave."""
         row: dict[str, Any] = {"file": str(path)}
         try:
-            body, content_type = multipart(path)
+            body = path.read_bytes()  # sent as the body itself: no multipart framing
         except OSError as error:
             return {**row, "error": f"cannot read the file: {error.strerror or error}"}
         request = urllib.request.Request(
             f"{self.url}/classify?{self.query}",
             data=body,
-            headers={"Content-Type": content_type},
+            headers={"Content-Type": "application/octet-stream"},
             method="POST",
         )
         for attempt in range(RETRIES + 1):
