@@ -394,8 +394,10 @@ def _service_table(results: dict) -> list[str]:
         "",
         "Per level (warm-up included): from the service's /metrics the mean batch size and "
         "the share of wall time the inference thread spent in the two sessions; from the "
-        "kernel the CPU milliseconds per request of the service process and of the load "
-        "generator, beside the wall milliseconds per request (their sum below the wall "
+        "kernel the CPU milliseconds per request of the service process (and, in brackets, "
+        "of its event-loop thread: HTTP, routing, small decodes, batching; the rest is "
+        "inference) and of the load generator, beside the wall milliseconds per request "
+        "(their sum below the wall "
         "time: the rest of the core went to other processes); and the service's own "
         "p50 / p99 of /classify (bounds of its duration histogram's buckets: the time from "
         "its middleware to the response), next to the load generator's p50 / p99.",
@@ -406,8 +408,9 @@ def _service_table(results: dict) -> list[str]:
         "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|---|",
     ]
     for r in results["service"]:
+        loop = f" ({r['server_loop_cpu_ms']:.1f})" if "server_loop_cpu_ms" in r else ""
         cpu = (
-            f"{r['server_cpu_ms']:.1f} / {r['client_cpu_ms']:.1f} / {r['wall_ms']:.1f}"
+            f"{r['server_cpu_ms']:.1f}{loop} / {r['client_cpu_ms']:.1f} / {r['wall_ms']:.1f}"
             if "server_cpu_ms" in r
             else "-"
         )

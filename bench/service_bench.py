@@ -56,6 +56,13 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def loop_cpu_seconds(pid: int) -> float:
+    """CPU seconds of process ``pid``'s main thread: uvicorn's event loop (HTTP, routing,
+    decode of small uploads, batching); inference runs on the other threads."""
+    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def core_split(threads: int) -> tuple[set[int], set[int]] | None:
     """(server cores, load-generator cores) when this process may use more cores than the
     server's ``threads``: the server gets ``threads`` cores for everything it does (HTTP,
@@ -100,14 +107,17 @@ def service_level(
             count = max(requests, 4 * concurrency)
             before, start = server_counters(url), time.perf_counter()
             cpu_before = (process_cpu_seconds(process.pid), time.process_time())
+            loop_before = loop_cpu_seconds(process.pid)
             result = asyncio.run(
                 service_load.run_level(url, images, concurrency, count, purify, upload)
             )
             cpu = (process_cpu_seconds(process.pid), time.process_time())
+            loop_cpu = loop_cpu_seconds(process.pid) - loop_before
             elapsed, after = time.perf_counter() - start, server_counters(url)
             delta = {k: after[k] - before.get(k, 0.0) for k in after}
             sent = count + 2 * concurrency  # run_level's warm-up sends 2 per client
             result["server_cpu_ms"] = 1e3 * (cpu[0] - cpu_before[0]) / sent
+            result["server_loop_cpu_ms"] = 1e3 * loop_cpu / sent
             result["client_cpu_ms"] = 1e3 * (cpu[1] - cpu_before[1]) / sent
             result["wall_ms"] = 1e3 * elapsed / sent
             result["server_p50_ms"] = server_quantile(delta, 0.5)
