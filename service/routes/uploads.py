@@ -108,11 +108,11 @@ async def read_upload(request: Request) -> tuple[ServiceState, Runtime, DecodedI
     the seconds decoding took (CPU work on anything but a small image runs in the thread
     pool so it does not stall the event loop)."""
     service: ServiceState = request.app.state.service
+    runtime = service.require_ready()  # before the body: a 503 need not read it
     limit = service.settings.max_upload_bytes
     data = await upload_bytes(request, limit)
     if len(data) > limit:
         raise APIError(413, "too_large", f"upload exceeds the limit of {limit} bytes")
-    runtime = service.require_ready()
     manifest = runtime.manifest
     start = time.perf_counter()
     opened = open_image(data, max_bytes=limit, max_pixels=service.max_pixels(runtime))

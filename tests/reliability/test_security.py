@@ -222,14 +222,16 @@ def test_the_model_directory_is_a_setting_not_a_parameter() -> None:
 
 
 @pytest.mark.parametrize("drain", [0, 1 << 20])
-def test_a_chunked_body_is_refused_before_it_is_read_past_the_limit(drain: int) -> None:
+def test_a_chunked_body_is_refused_before_it_is_read_past_the_limit(
+    drain: int, tiny_model_dir: Path
+) -> None:
     """Drives the ASGI app directly with a body of no declared length that never ends:
     the app stops pulling it within one chunk of the limit (plus ``reject_drain_bytes``
     read and discarded so that the client can read the answer) and answers 413 with
     ``Connection: close``."""
     limit = 100_000
-    # no model needed: the body comes first
-    app = create_app(Settings(max_upload_bytes=limit, reject_drain_bytes=drain))
+    settings = Settings(model_dir=tiny_model_dir, max_upload_bytes=limit, reject_drain_bytes=drain)
+    app = create_app(settings)  # a ready service: one that is not refuses before the body
     chunk = b"\0" * 65536
     pulled = 0
     head = (
@@ -268,7 +270,17 @@ def test_a_chunked_body_is_refused_before_it_is_read_past_the_limit(drain: int) 
         "server": ("127.0.0.1", 8000),
         "state": {},
     }
-    asyncio.run(app(scope, receive, send))
+
+    async def serve_one() -> None:
+        service = app.state.service
+        await service.load()
+        assert service.ready, service.reason
+        try:
+            await app(scope, receive, send)
+        finally:
+            await service.close()
+
+    asyncio.run(serve_one())
 
     start = next(m for m in messages if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
