@@ -34,7 +34,7 @@ KERNEL_SOURCES := mlf_kernel/src/mlf.cc mlf_kernel/src/ort_abi.h
 KERNEL_FLAGS := -std=c++17 -O3 -fPIC -shared -ffp-contract=off -fno-exceptions -fno-rtti \
 	-fvisibility=hidden -Wall -Wextra -Werror -Wno-psabi -static-libstdc++ -static-libgcc
 
-.PHONY: help install kernel system-packages test test-fast lint format serve bench bench-models deploy-check e2e soak fuzz study study-status serve-cpu-check
+.PHONY: help install kernel system-packages test test-fast lint format serve bench bench-models deploy-check e2e soak fuzz study study-status serve-cpu-check device-payload
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' \
@@ -111,6 +111,23 @@ bench: $(INSTALLED) kernel system-packages ## today's graphs vs function vs nati
 
 bench-models: $(INSTALLED) ## CPU images/s of the classifier and purifier (bench/models.py)
 	$(BIN)/python bench/models.py
+
+# What a lent GPU machine lacks for bench/device_session.sh (its python3 is 3.12 with torch,
+# onnx and numpy, no network): the wheels below, for that interpreter, and the dataset.
+# pyautoattack's wheel is 44 MB of example weights around 0.2 MB of code: only its package's
+# Python files travel (.device/site), to stay inside the device tool's 64 MiB.
+DEVICE_WHEELS = pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
+	typing-inspection==0.4.5
+device-payload: $(INSTALLED) system-packages ## wheels and Fashion-MNIST for bench/device_session.sh into .device/
+	rm -rf .device && mkdir -p .device/wheels .device/site .device/fashion-mnist
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d .device/wheels $(DEVICE_WHEELS)
+	$(BIN)/python -m pip download -q --no-deps -d .device pyautoattack==0.2.0
+	cd .device/site && unzip -q ../pyautoattack-0.2.0-py3-none-any.whl 'pyautoattack/*.py'
+	rm .device/pyautoattack-0.2.0-py3-none-any.whl
+	cp /usr/share/datasets/fashion-mnist/*.gz .device/fashion-mnist/
+	du -sh .device
 
 deploy-check: $(INSTALLED) system-packages ## compose, hadolint, promtool and the gateway/Prometheus tests (tests/deploy)
 	$(BIN)/pytest tests/deploy

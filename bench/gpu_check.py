@@ -141,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", default="models/fashion-mnist")
     parser.add_argument("--images", type=int, default=1000, help="test images for parity")
+    parser.add_argument(
+        "--test-images", type=Path, default=TEST_IMAGES,
+        help="the Fashion-MNIST test images file (IDX, gzip)",
+    )  # fmt: skip
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--out", help="also write the report (Markdown) to this file")
     args = parser.parse_args(argv)
@@ -156,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # no device, no driver, no CUDA libraries
         fail(f"CUDA sessions cannot start: {exc}")
     cpu = sessions(model_dir, cuda=False)
-    with gzip.open(TEST_IMAGES) as f:
+    with gzip.open(args.test_images) as f:
         raw = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 1, 28, 28)
     images = (raw[: args.images].astype(np.float32) / 255.0).copy()
     check = parity(cpu, gpu, images)
