@@ -205,15 +205,24 @@ def detect_config(stage: DetectStage, out: Path, args):
 
 
 def detect_status(stage: DetectStage, out: Path, args) -> StageStatus:
-    from .detection.suite import plan
+    from .detection.suite import ADAPTIVE, plan
 
-    total = len(plan(detect_config(stage, out, args)))
+    items = plan(detect_config(stage, out, args))
+    total = len(items)
     results = [json.loads(p.read_text()) for p in result_files(out, stage)]
     spent = sum(r.get("seconds", 0.0) for r in results)
     done = min(len(results), total)
     state = "done" if done == total else ("partial" if done else "pending")
     prior = detect_prior_seconds(stage)
-    left = spent / done * (total - done) if done else prior
+    left = prior if not done else 0.0
+    finished = {(r.get("threat_model"), r.get("attack")) for r in results}
+    for item in items if done else ():
+        if (item["threat"], item["attack"]) in finished:
+            continue
+        # an adaptive setting costs what a finished adaptive one did (several lambdas)
+        alike = [r.get("seconds", 0.0) for r in results
+                 if (r.get("attack") in ADAPTIVE) == (item["attack"] in ADAPTIVE)]  # fmt: skip
+        left += sum(alike) / len(alike) if alike else spent / done
     devices = ",".join(sorted({r.get("device", "") for r in results} - {""}))
     return StageStatus(stage.name, stage.group, "detect", state, f"settings {done} of {total}",
                        spent, left, devices)  # fmt: skip

@@ -4,10 +4,11 @@
   repeated with each surrogate gradient shape on the samples the defended pipeline still
   classifies correctly, as ``training.evaluation`` does: an image counts as *fooled* if any
   shape fools the pipeline, and the fooling example is the one kept.
-* ``adaptive``: the attacker who also keeps the noise level low. PGD end to end on
-  ``CE(logits, y) - lambda * mean noise level`` for each lambda and surrogate shape; an
-  example is *accepted* when it fools the pipeline and its mean noise level is at or under
-  the detector's threshold (the constrained variant: only undetected examples count).
+* ``adaptive``: the attacker who also keeps a detector's score low: the mean noise level
+  (``score="mean"``) or the residual mean |purified - input| (``score="residual"``). PGD
+  end to end on ``CE(logits, y) - lambda * score`` for each lambda and surrogate shape; an
+  example is *accepted* when it fools the pipeline and its score is at or under the
+  detector's threshold (the constrained variant: only undetected examples count).
 """
 
 from __future__ import annotations
@@ -101,29 +102,38 @@ def worst_case(
 
 
 class NoiseAwarePipeline(nn.Module):
-    """``classifier(purifier(x)[0])`` that also keeps the batch's per-image mean noise
-    level of its last forward pass (with its graph), for the adaptive loss."""
+    """``classifier(purifier(x)[0])`` that also keeps the batch's per-image detector
+    scores of its last forward pass (with their graph), for the adaptive loss: ``mean``,
+    the mean noise level, and ``residual``, the mean |purified - input|."""
 
     def __init__(self, purifier: nn.Module, classifier: nn.Module):
         super().__init__()
         self.purifier, self.classifier = purifier, classifier
-        self.noise_level: torch.Tensor | None = None
+        self.scores: dict[str, torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         purified, noise = self.purifier(x)
-        self.noise_level = noise.flatten(1).mean(1)
+        self.scores = {
+            "mean": noise.flatten(1).mean(1),
+            "residual": (purified - x).abs().flatten(1).mean(1),
+        }
         return self.classifier(purified)
 
 
-def noise_penalised_loss(model: NoiseAwarePipeline, lam: float) -> Callable:
-    """Per-sample ``CE - lam * mean noise level`` of ``model``'s last forward pass (the
-    attack computes the loss right after the forward pass of the same input)."""
+ADAPTIVE_SCORES = ("mean", "residual")  # what the adaptive attacker can keep low
+_SCORE_NAMES = {"mean": "mean_noise_level", "residual": "residual"}
+
+
+def noise_penalised_loss(model: NoiseAwarePipeline, lam: float, score: str = "mean") -> Callable:
+    """Per-sample ``CE - lam * score`` of ``model``'s last forward pass (the attack
+    computes the loss right after the forward pass of the same input)."""
 
     def loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        assert model.noise_level is not None and model.noise_level.shape[0] == logits.shape[0]
-        return cross_entropy(logits, y) - lam * model.noise_level
+        value = model.scores.get(score)
+        assert value is not None and value.shape[0] == logits.shape[0]
+        return cross_entropy(logits, y) - lam * value
 
-    loss.__name__ = f"ce_minus_{lam:g}_x_mean_noise_level"
+    loss.__name__ = f"ce_minus_{lam:g}_x_{_SCORE_NAMES[score]}"
     return loss
 
 
@@ -149,9 +159,11 @@ def adaptive(
     surrogates: Sequence[str],
     seed: int = 0,
     batch_size: int = 100,
+    score: str = "mean",
 ) -> AdaptiveResult:
     """For each lambda and shape, PGD (random start, ``steps`` of 2.5 eps / steps, the last
-    iterate) on the noise-penalised loss; per sample the first accepted example is kept.
+    iterate) on the loss penalised by ``score`` (the detector's, with its ``threshold``);
+    per sample the first accepted example is kept.
     The first shape attacks every image at every lambda (``by_lambda`` records its raw
     scores); later shapes only the images the pipeline classifies correctly that have no
     accepted example yet (no other image can be accepted)."""
@@ -175,13 +187,15 @@ def adaptive(
                 idx = rows if i == 0 else rows[state.correct[rows] & ~state.accepted[rows]]
                 if idx.numel() == 0:
                     break
-                loss = noise_penalised_loss(pipeline, lam)
+                loss = noise_penalised_loss(pipeline, lam, score)
                 alpha = 2.5 * eps / max(steps, 1)
                 attack = PGD(pipeline, eps, alpha, steps, loss_fn=loss, seed=batch_seed(seed, b))
                 settings = attack.settings()
                 with use_surrogate(pipeline, shape):
                     out = attack(x[idx], y[idx])
-                scores, wrong = state.update(defence, out, idx, y, threshold, i == 0, batch_size)
+                scores, wrong = state.update(
+                    defence, out, idx, y, (score, threshold), i == 0, batch_size
+                )
                 state.counts[f"lambda={lam:g}:{shape}"] += int(scores.pop("accepted"))
                 if i == 0:
                     raw.append(scores)
@@ -204,12 +218,14 @@ class _AdaptiveState:
     correct: torch.Tensor
     counts: Counter = field(default_factory=Counter)
 
-    def update(self, defence, out, idx, y, threshold, first, batch_size):
-        """Records the examples ``out`` of the images ``idx``; returns their raw scores
-        (with the number newly accepted under ``"accepted"``) and the fooled mask."""
+    def update(self, defence, out, idx, y, detector, first, batch_size):
+        """Records the examples ``out`` of the images ``idx`` against ``detector`` (its
+        score's name and threshold); returns their raw scores (with the number newly
+        accepted under ``"accepted"``) and the fooled mask."""
+        score, threshold = detector
         scores = image_scores(defence.purifier, out)
         wrong = (predictions(defence.pipeline, out, batch_size) != y[idx]) & self.correct[idx]
-        below = torch.from_numpy(scores["mean"] <= threshold).to(wrong.device)
+        below = torch.from_numpy(scores[score] <= threshold).to(wrong.device)
         ok = wrong & below & ~self.accepted[idx]
         # keep an accepted example; until there is one, the first shape's latest
         replace = ~self.accepted[idx] if first else ok

@@ -24,11 +24,12 @@ def configure(parser: argparse.ArgumentParser, command: str) -> None:
     add("--eps", type=pixels, default=DEFAULTS["eps"], help="L-inf budget (default 0.1)")
     add("--steps", type=int, help="the attack's steps (default: its own, APGD-CE 100)")
     add("--no-adaptive", dest="adaptive", action="store_false",
-        help="skip the adaptive attacker who keeps the noise level low")  # fmt: skip
+        help="skip the adaptive attackers who keep the noise level (or the residual) "
+             "low")  # fmt: skip
     add("--adaptive-steps", type=int, default=DEFAULTS["adaptive_steps"],
         help="PGD steps of the adaptive attacker (default 100)")  # fmt: skip
     add("--lambdas", nargs="+", type=float, default=list(DEFAULTS["lambdas"]),
-        help="weights of the noise level in the adaptive loss CE - lambda * noise")  # fmt: skip
+        help="weights of the score in the adaptive loss CE - lambda * score")  # fmt: skip
     add("--surrogate-gradients", nargs="+", dest="surrogates", metavar="NAME",
         default=list(DEFAULTS["surrogates"]),
         help=f"per-sample worst case over these (choose from {sorted(SURROGATES)})")  # fmt: skip
@@ -56,6 +57,10 @@ def run(args: argparse.Namespace) -> int:
               f"{100 * config.fpr:g}% FPR {mean['tpr_fooled']['percent']}")  # fmt: skip
         if "adaptive" in row:
             passed = row["adaptive"]["fooled_and_passed"]
-            print(f"  adaptive: {passed['k']} of {passed['n']} fool the pipeline undetected")
+            detector = row["adaptive"].get("detector", "mean")
+            print(
+                f"  adaptive ({detector}): {passed['k']} of {passed['n']} fool the pipeline "
+                "undetected"
+            )
     print(f"wrote {config.out}/detection.json")
     return 0

@@ -2,10 +2,12 @@
 
 Settings, each one JSON file ``<out>/<defence>/<threat model>/<attack>_steps<k>_eps<e>_<key>
 .json`` (``key`` hashes the exact settings and checkpoints): the evaluation's attack (APGD-CE
-by default) classifier-only and end-to-end, and the adaptive attacker (``pgd-noise-aware``,
-end-to-end). An existing file is reused unless ``force``. The clean images' scores are
-recomputed every run (one purifier pass). ``<out>/detection.json`` gathers the summaries
-(rewritten after each setting, so an interrupted run shows what it finished).
+by default) classifier-only and end-to-end, and the adaptive attackers, end to end, who also
+keep a detector's score low: the mean noise level (``pgd-noise-aware``) and the residual
+mean |purified - input| (``pgd-residual-aware``). An existing file is reused unless
+``force``. The clean images' scores are recomputed every run (one purifier pass).
+``<out>/detection.json`` gathers the summaries (rewritten after each setting, so an
+interrupted run shows what it finished).
 
 Every file carries the evaluation's fields (defence, threat_model, attack, eps, steps, n,
 clean/robust accuracy with Wilson 95 % intervals, seconds, device, settings) and, under
@@ -35,7 +37,8 @@ from ..threat_models import Defence
 from . import attacks as adv
 from . import stats
 
-ADAPTIVE = "pgd-noise-aware"
+# the adaptive attacks and the score each keeps low
+ADAPTIVE = {"pgd-noise-aware": "mean", "pgd-residual-aware": "residual"}
 FORMAT = 1
 
 
@@ -221,7 +224,10 @@ def plan(config: DetectionConfig) -> list[dict[str, Any]]:
         {"threat": t, "attack": config.attack, "steps": config.steps} for t in config.threat_models
     ]
     if config.adaptive:
-        items.append({"threat": "end-to-end", "attack": ADAPTIVE, "steps": config.adaptive_steps})
+        items += [
+            {"threat": "end-to-end", "attack": attack, "steps": config.adaptive_steps}
+            for attack in ADAPTIVE
+        ]
     return items
 
 
@@ -229,7 +235,7 @@ def _setting_file(out: Path, config: DetectionConfig, base: dict[str, Any], item
     """A setting's exact settings, their hash and its result file."""
     settings = {**base, "threat_model": item["threat"], "attack": item["attack"],
                 "steps": item["steps"]}  # fmt: skip
-    if item["attack"] == ADAPTIVE:
+    if item["attack"] in ADAPTIVE:
         settings["lambdas"] = [float(lam) for lam in config.lambdas]
     key = _key(settings)
     path = result_path(out, config.defence, item["threat"], item["attack"], item["steps"],
@@ -299,13 +305,14 @@ def _run_setting(defence, clean: _Clean, item, config: DetectionConfig, settings
     common = {"eps": config.eps, "surrogates": config.surrogates, "seed": config.seed,
               "batch_size": config.batch_size}  # fmt: skip
     extra: dict[str, Any] = {}
-    if item["attack"] == ADAPTIVE:
-        threshold = clean.thresholds["mean"]
-        found = adv.adaptive(defence, clean.x, clean.y, threshold=threshold,
+    if item["attack"] in ADAPTIVE:
+        score = ADAPTIVE[item["attack"]]
+        threshold = clean.thresholds[score]
+        found = adv.adaptive(defence, clean.x, clean.y, threshold=threshold, score=score,
                              steps=item["steps"], lambdas=config.lambdas, **common)  # fmt: skip
         images, attack_settings, fooled_by = found.images, found.settings, found.accepted_by
         fooled_any = found.fooled.numpy()
-        extra["adaptive"] = _adaptive_block(clean, found, threshold)
+        extra["adaptive"] = _adaptive_block(clean, found, score, threshold)
     else:
         found = adv.worst_case(defence, item["threat"], item["attack"], clean.x, clean.y,
                                steps=item["steps"], **common)  # fmt: skip
@@ -335,30 +342,36 @@ def _run_setting(defence, clean: _Clean, item, config: DetectionConfig, settings
     }  # fmt: skip
 
 
-def _adaptive_block(clean: _Clean, found: adv.AdaptiveResult, threshold: float) -> dict[str, Any]:
+def _adaptive_block(
+    clean: _Clean, found: adv.AdaptiveResult, score: str, threshold: float
+) -> dict[str, Any]:
+    """The adaptive setting's figures against the detector on ``score``: per lambda the
+    score's mean over the examples (and over those that fool the pipeline), how many fool
+    it and pass, and the AUC. (Results written before the residual-aware attack existed
+    name the score's means ``mean_noise_level``.)"""
     n = len(clean.y)
     by_lambda = []
     for lam, entry in found.by_lambda.items():
-        mean = np.asarray(entry["scores"]["mean"], float)
+        values = np.asarray(entry["scores"][score], float)
         fooled = entry["fooled"].numpy()
-        passed = fooled & (mean <= threshold)
+        passed = fooled & (values <= threshold)
         row = {
             "lambda": lam,
-            "mean_noise_level": float(mean.mean()),
-            "mean_noise_level_fooled": float(mean[fooled].mean()) if fooled.any() else None,
+            "mean_score": float(values.mean()),
+            "mean_score_fooled": float(values[fooled].mean()) if fooled.any() else None,
             "fooled": stats.rate(int(fooled.sum()), n),
             "fooled_and_passed": stats.rate(int(passed.sum()), n),
             "auc_fooled": None,
         }
         if fooled.any():
-            auc, lo, hi = stats.delong_interval(clean.scores["mean"], mean[fooled])
+            auc, lo, hi = stats.delong_interval(clean.scores[score], values[fooled])
             row.update(auc_fooled=round(auc, 4), auc_fooled_ci95=[round(lo, 4), round(hi, 4)])
         by_lambda.append(row)
     accepted = found.accepted.numpy()
     return {
-        "detector": "mean",
+        "detector": score,
         "threshold": threshold,
-        "clean_mean_noise_level": float(clean.scores["mean"].mean()),
+        "clean_mean_score": float(clean.scores[score].mean()),
         "fooled_any": stats.rate(int(found.fooled.numpy().sum()), n),
         "fooled_and_passed": stats.rate(int(accepted.sum()), n),
         "defended_accuracy": stats.rate(int((clean.correct & ~accepted).sum()), n),
@@ -373,7 +386,7 @@ def summarise(results: list[dict[str, Any]], clean: _Clean, config: DetectionCon
     per_image = ("scores", "clean_scores", "fooled", "settings")
     rows = [{k: v for k, v in r.items() if k not in per_image} for r in results]
     reference = next(
-        (r for r in rows if r["threat_model"] == "end-to-end" and r["attack"] != ADAPTIVE),
+        (r for r in rows if r["threat_model"] == "end-to-end" and r["attack"] not in ADAPTIVE),
         rows[0] if rows else None,
     )
     best = None

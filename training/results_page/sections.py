@@ -250,21 +250,30 @@ def _detection_sentences(summary: dict) -> list[str]:
             plain = next(
                 (r for r in rows if r["threat_model"] == "end-to-end" and "adaptive" not in r), None
             )
-            base = (
-                (
-                    f", against {_rate(plain['detection']['mean']['fooled_and_passed'])} for the "
-                    "plain end-to-end attack"
-                )
-                if plain
+            # results written before the residual-aware attack name the means by the noise
+            detector = adaptive.get("detector", "mean")
+            what = "mean noise level" if detector == "mean" else "residual |purified - input|"
+            levels = ", ".join(
+                f"λ = {b['lambda']:g}: {b.get('mean_score', b.get('mean_noise_level')):.4f}"
+                for b in adaptive["by_lambda"]
+            )
+            clean = adaptive.get("clean_mean_score", adaptive.get("clean_mean_noise_level"))
+            plain_rate = (
+                f", against {_rate(plain['detection'][detector]['fooled_and_passed'])} for "
+                "the plain end-to-end attack"
+                if plain and detector in plain.get("detection", {})
                 else ""
             )
-            levels = ", ".join(
-                f"λ = {b['lambda']:g}: {b['mean_noise_level']:.4f}" for b in adaptive["by_lambda"]
+            own = row["detection"].get(detector, {})
+            own_auc = (
+                f" (that score's AUC on its fooling examples: {_auc(own)})"
+                if detector != "mean" and own.get("auc_fooled") is not None
+                else ""
             )
             out.append(
-                f"The adaptive attacker fools the pipeline undetected on "
-                f"{_rate(adaptive['fooled_and_passed'])}{base}; mean noise level of its "
-                f"examples by λ: {levels} (clean {adaptive['clean_mean_noise_level']:.4f})."
+                f"The attacker who keeps the {what} low fools the pipeline undetected by that "
+                f"score on {_rate(adaptive['fooled_and_passed'])}{plain_rate}{own_auc}; the "
+                f"{what} of its examples by λ: {levels} (clean {clean:.4f})."
             )
     best = summary.get("best_alternative")
     if best:

@@ -26,7 +26,10 @@ DEFENCE_LABELS = {
     "purifier@resnet20": "purifier in front of ResNet20-SNN",
 }
 WHITE_BOX_THREATS = ("white-box", "classifier-only", "end-to-end", "bpda")
-EXTRA_ATTACK_LABELS = {"pgd-noise-aware": "adaptive PGD{steps} (CE - λ·noise level)"}
+EXTRA_ATTACK_LABELS = {
+    "pgd-noise-aware": "adaptive PGD{steps} (CE - λ·noise level)",
+    "pgd-residual-aware": "adaptive PGD{steps} (CE - λ·residual)",
+}
 
 
 def attack_label(attack: str, steps: int | None = None) -> str:

@@ -121,7 +121,7 @@ def test_the_purifier_fires_and_its_noise_map_depends_on_the_input(tiny_build):
 
 def test_every_setting_writes_one_result_file(study):
     out, summary, written = study
-    assert len(written) == 3
+    assert len(written) == 4  # two threat models, two adaptive attackers
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.json"))
     assert "detection.json" in files
     assert {f.split("/")[1] for f in files if "/" in f} == {"classifier-only", "end-to-end"}
@@ -164,19 +164,27 @@ def test_reported_auc_is_the_auc_of_the_stored_scores(study):
         )
 
 
-def test_the_adaptive_attack_lowers_the_noise_level(study):
+@pytest.mark.parametrize(
+    ("attack", "score"), [("pgd-noise-aware", "mean"), ("pgd-residual-aware", "residual")]
+)
+def test_the_adaptive_attack_lowers_its_score(study, attack, score):
+    """Each adaptive attacker lowers the score it is penalised by, and counts an example as
+    passing by that score's own threshold."""
     _, summary, _ = study
-    row = next(r for r in summary["results"] if r["attack"] == "pgd-noise-aware")
+    row = next(r for r in summary["results"] if r["attack"] == attack)
     adaptive = row["adaptive"]
+    assert adaptive["detector"] == score
+    assert adaptive["threshold"] == summary["thresholds"][score]
     plain, penalised = adaptive["by_lambda"][0], adaptive["by_lambda"][-1]
     assert plain["lambda"] == 0.0 and penalised["lambda"] == 200.0
-    assert penalised["mean_noise_level"] < plain["mean_noise_level"] - 1e-3
+    assert penalised["mean_score"] < plain["mean_score"] - 1e-3
     # the plain PGD of the same budget is an attack: it raises the loss, not the noise
     assert adaptive["fooled_and_passed"]["k"] <= adaptive["fooled_any"]["k"]
     assert adaptive["defended_accuracy"]["percent"] >= row["robust_accuracy"] - 1e-9
 
 
-def test_noise_penalised_loss_differentiates_the_noise_level(tiny_build):
+@pytest.mark.parametrize("score", ["mean", "residual"])
+def test_noise_penalised_loss_differentiates_the_score(tiny_build, score):
     purifier, _ = load_model(tiny_build / "purifier.safetensors")
     classifier, _ = load_model(tiny_build / "classifier.safetensors")
     pipeline = NoiseAwarePipeline(purifier, classifier)
@@ -184,7 +192,7 @@ def test_noise_penalised_loss_differentiates_the_noise_level(tiny_build):
     y = torch.zeros(4, dtype=torch.long)
     grads = []
     for lam in (0.0, 50.0):
-        loss = noise_penalised_loss(pipeline, lam)(pipeline(x), y).sum()
+        loss = noise_penalised_loss(pipeline, lam, score)(pipeline(x), y).sum()
         (g,) = torch.autograd.grad(loss, x)
         grads.append(g)
     assert grads[0].abs().sum() > 0

@@ -131,9 +131,21 @@ def _detection_files(root: Path) -> None:
             {"lambda": 100.0, "mean_noise_level": 0.1712},
         ],
     }
+    # written as before the residual-aware attack (mean_noise_level), then as now
+    residual = {
+        "detector": "residual",
+        "threshold": 0.05,
+        "clean_mean_score": 0.0312,
+        "fooled_and_passed": {"k": 155, "n": 500, "percent": 31.0, "ci95": [27.1, 35.2]},
+        "by_lambda": [
+            {"lambda": 0.0, "mean_score": 0.0871},
+            {"lambda": 100.0, "mean_score": 0.0436},
+        ],
+    }
     rows = [
         {k: v for k, v in result.items() if k not in ("clean_scores", "scores", "fooled")},
         {**result, "attack": "pgd-noise-aware", "steps": 100, "adaptive": adaptive},
+        {**result, "attack": "pgd-residual-aware", "steps": 100, "adaptive": residual},
     ]
     for row in rows:
         row.pop("clean_scores", None), row.pop("scores", None), row.pop("fooled", None)
@@ -254,6 +266,9 @@ def test_detection_stages_and_devices(page):
     assert "0.734 [0.688, 0.780]" in text
     assert "60.2 % [55.8, 64.4] of 500" in text and "42.0 % [37.8, 46.3] of 500" in text
     assert "λ = 100: 0.1712" in text
+    assert "keeps the residual |purified - input| low" in text
+    assert "31.0 % [27.1, 35.2] of 500" in text and "λ = 100: 0.0436" in text
+    assert "adaptive PGD-100 (CE - λ·residual)" in text
     # the plan's classifier-only setting of the stage has no result file yet
     row = _line(text, "| classifier-only | APGD-CE | every score |")
     assert row.count(MISSING) == 5
