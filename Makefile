@@ -124,7 +124,8 @@ device-payload: $(INSTALLED) system-packages ## wheels and Fashion-MNIST for ben
 		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
 		--platform manylinux2014_x86_64 -d .device/wheels $(DEVICE_WHEELS)
 	$(BIN)/python -m pip download -q --no-deps -d .device pyautoattack==0.2.0
-	cd .device/site && unzip -q ../pyautoattack-0.2.0-py3-none-any.whl 'pyautoattack/*.py'
+	cd .device/site && unzip -q ../pyautoattack-0.2.0-py3-none-any.whl 'pyautoattack/*.py' \
+		-x 'pyautoattack/examples/*'
 	rm .device/pyautoattack-0.2.0-py3-none-any.whl
 	cp /usr/share/datasets/fashion-mnist/*.gz .device/fashion-mnist/
 	du -sh .device

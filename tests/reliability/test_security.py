@@ -42,6 +42,7 @@ SKIPPED_DIRS = {
     ".git",
     ".venv",
     ".venv-serve-cpu",
+    ".device",  # make device-payload: third-party packages for a GPU machine, not the project
     ".cache",
     "runs",
     "results",
