@@ -120,7 +120,6 @@ class NoiseAwarePipeline(nn.Module):
         return self.classifier(purified)
 
 
-ADAPTIVE_SCORES = ("mean", "residual")  # what the adaptive attacker can keep low
 _SCORE_NAMES = {"mean": "mean_noise_level", "residual": "residual"}
 
 
