@@ -15,7 +15,9 @@ shared, loaded machine; variants are interleaved round by round and medians repo
   counted from the shapes of every Conv, ConvTranspose, Gemm and MatMul node; where ORT
   spends its time (profiler) before and after;
 * purifier -> classifier images/s by batch size for each form, and PyTorch eager when the
-  weights are known; spike counts of every form (and PyTorch) on 1,000 test images;
+  weights are known; the native form also as the service runs it by default, one batch per
+  thread on every thread at once (``native_streams``); spike counts of every form (and
+  PyTorch) on 1,000 test images;
 * the service end to end (``bench/service_load.py``: a real uvicorn on 127.0.0.1) serving
   the fused graphs with and without the kernel and today's graphs, and a sweep of batch
   size and batch wait that the report turns into the recommended settings;
@@ -107,6 +109,22 @@ def torch_pipeline(source: variants.Source, threads: int):
     return run
 
 
+class Streams:
+    """``streams`` batches at once through one-thread sessions, one per thread (shared
+    sessions, as the service's inference streams run them): a call runs the batch on every
+    stream and returns when all are done, so it infers ``streams`` times the batch."""
+
+    def __init__(self, source: variants.Source, streams: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.streams = streams
+        self.pipeline = variants.Pipeline(source, "native", 1)
+        self.pool = ThreadPoolExecutor(max_workers=streams)
+
+    def __call__(self, images: np.ndarray) -> list:
+        return list(self.pool.map(self.pipeline, [images] * self.streams))
+
+
 def inference_throughput(
     source: variants.Source, threads: int, repeats: int, rounds: int
 ) -> list[dict]:
@@ -114,8 +132,13 @@ def inference_throughput(
     engines: dict[str, Callable] = {
         v: variants.Pipeline(source, v, threads) for v in variants.VARIANTS
     }
+    per_call = dict.fromkeys(engines, 1)  # batches one call infers
+    if threads > 1:
+        engines["native_streams"] = Streams(source, threads)
+        per_call["native_streams"] = threads
     if source.checkpoints is not None:
         engines["torch_eager"] = torch_pipeline(source, threads)
+        per_call["torch_eager"] = 1
     rng = np.random.default_rng(0)
     samples: dict[tuple[str, int], list[float]] = {}
     for _ in range(rounds):
@@ -123,7 +146,7 @@ def inference_throughput(
             images = rng.random((batch, 1, 28, 28), np.float32)
             for name, run in engines.items():
                 seconds = median_seconds(lambda run=run, x=images: run(x), repeats)
-                samples.setdefault((name, batch), []).append(batch / seconds)
+                samples.setdefault((name, batch), []).append(per_call[name] * batch / seconds)
         print(f"  round done: {len(samples)} measurements", file=sys.stderr)
     return [
         {

@@ -13,8 +13,6 @@ from pathlib import Path
 import report
 import service_load
 
-from models import usable_cores
-
 
 def server_counters(url: str) -> dict[str, float]:
     """Images inferred, batches and seconds per stage so far, from the service's /metrics."""
@@ -129,7 +127,11 @@ def service_level(
                 else "shared"
             )
             result["mean_batch"] = delta["images"] / max(delta["batches"], 1)
-            result["inference_share"] = (delta["purify_s"] + delta["classify_s"]) / elapsed
+            # per stream: the share of each stream's time spent inside the two sessions
+            streams = (readyz.get("inference") or {}).get("streams", 1)
+            result["streams"] = streams
+            inference_s = delta["purify_s"] + delta["classify_s"]
+            result["inference_share"] = inference_s / elapsed / streams
             result["decode_share"] = delta["decode_s"] / elapsed
             rows.append(result)
     finally:
@@ -147,13 +149,20 @@ def default(setting: str):
     return Settings.model_fields[setting].default
 
 
+def layout_label(streams: int, threads: int) -> str:
+    return f"{report.LAYOUT_PREFIX}{streams} x threads {threads}"
+
+
 def service_runs(
     fused_dir: Path, unrolled_dir: Path, threads: int, requests: int, sweep: bool
 ) -> list[dict]:
     """``/classify`` (purify) at several concurrencies: the fused graphs with the kernel
-    (the service's defaults), without it, today's graphs; then batch size x wait."""
+    (the service's defaults), without it, today's graphs; then the inference layout
+    (streams x threads) and batch size x wait. The service gets what its defaults would
+    give it on ``threads`` cores: one stream per core, one ORT thread each."""
     base = {
-        "SPIKEGUARD_INTRA_OP_THREADS": str(threads),
+        "SPIKEGUARD_INFERENCE_STREAMS": str(threads),
+        "SPIKEGUARD_INTRA_OP_THREADS": "1",
         "SPIKEGUARD_PROVIDERS": "cpu",
         "SPIKEGUARD_LOG_LEVEL": "error",
     }
@@ -163,10 +172,13 @@ def service_runs(
         ("function", fused_dir, {"SPIKEGUARD_MLF_KERNEL": "off"}, (1, 32)),
         ("unrolled", unrolled_dir, {}, (1, 32)),
     ]
-    if sweep and usable_cores() > 1:  # inference threads vs the event loop's share
-        for intra in sorted({1, usable_cores()}):
-            env = {"SPIKEGUARD_INTRA_OP_THREADS": str(intra)}
-            configs.append((f"threads {intra}", fused_dir, env, (1, 32)))
+    if sweep and threads > 1:  # one batch over every core, or one batch per core
+        for streams, intra in ((1, threads), (threads, 1)):
+            env = {
+                "SPIKEGUARD_INFERENCE_STREAMS": str(streams),
+                "SPIKEGUARD_INTRA_OP_THREADS": str(intra),
+            }
+            configs.append((layout_label(streams, intra), fused_dir, env, (1, 32)))
     if sweep:
         for batch in report.SWEEP_BATCH:
             for wait in report.SWEEP_WAIT_MS:
@@ -177,12 +189,11 @@ def service_runs(
                 configs.append(("sweep", fused_dir, env, (1, 32)))
     rows = []
     for label, directory, env, levels in configs:
-        intra = int(env.get("SPIKEGUARD_INTRA_OP_THREADS", threads))
-        split = core_split(intra)
+        settings = {**base, **env}
+        streams = int(settings["SPIKEGUARD_INFERENCE_STREAMS"])
+        split = core_split(streams * int(settings["SPIKEGUARD_INTRA_OP_THREADS"]))
         upload = "raw" if label == report.RAW_BODY else "multipart"
-        measured = service_level(
-            directory, {**base, **env}, levels, requests, split=split, upload=upload
-        )
+        measured = service_level(directory, settings, levels, requests, split=split, upload=upload)
         for result in measured:
             result.update(
                 mode=label,

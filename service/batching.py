@@ -1,11 +1,16 @@
 """Dynamic micro-batching.
 
 Requests put a ``Job`` (one or more images and what to do with them) on a bounded queue
-and await its future. One worker task takes the first waiting job, gathers more until the
-batch holds ``max_batch_size`` images or ``batch_wait_ms`` has passed since the first was
-taken, and runs the batch in a dedicated worker thread so the event loop keeps accepting
-and decoding requests meanwhile. A full queue refuses new jobs at once (``Overloaded``)
-instead of letting latency grow without bound.
+and await its future. One worker task waits for a free inference stream, takes the first
+waiting job, gathers more until the batch holds ``max_batch_size`` images or
+``batch_wait_ms`` has passed since the first was taken, and runs the batch on the stream's
+thread, so the event loop keeps accepting and decoding requests meanwhile. ``streams``
+batches run at once, each on its own thread (the sessions are shared: ONNX Runtime runs
+one session from several threads): on CPU, streams of one ORT thread each keep every core
+busy where one batch split over all cores would wait for its slowest thread whenever the
+event loop takes a core (``docs/benchmarks.md``). While every stream is busy, jobs queue
+and form the next batch. A full queue refuses new jobs at once (``Overloaded``) instead of
+letting latency grow without bound.
 
 A job names the model it runs on (the ``Runtime`` its request started with): a batch holds
 jobs of one model only, so a reload that swaps the model never runs a request's images
@@ -69,6 +74,7 @@ class MicroBatcher:
         max_batch_size: int,
         batch_wait_ms: float,
         queue_size: int,
+        streams: int = 1,
     ):
         self._run_batch = run_batch
         self._metrics = metrics
@@ -76,8 +82,11 @@ class MicroBatcher:
         self._wait = batch_wait_ms / 1000.0
         self._queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=queue_size)
         self._carried: Job | None = None  # taken from the queue but did not fit the last batch
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self.streams = streams
+        self._free = asyncio.Semaphore(streams)  # streams not running a batch
+        self._executor = ThreadPoolExecutor(max_workers=streams, thread_name_prefix="inference")
         self._task: asyncio.Task | None = None
+        self._batches: dict[asyncio.Task, list[Job]] = {}  # running, with their jobs
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._worker(), name="batcher")
@@ -87,7 +96,12 @@ class MicroBatcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for job in self._drain():
+        running = list(self._batches.items())
+        for task, _ in running:
+            task.cancel()
+        await asyncio.gather(*(task for task, _ in running), return_exceptions=True)
+        in_flight = [job for _, jobs in running for job in jobs]
+        for job in in_flight + self._drain():
             if not job.future.done():
                 job.future.set_exception(Overloaded("the service is shutting down"))
         self._executor.shutdown(wait=True)
@@ -166,12 +180,24 @@ class MicroBatcher:
         return [job for job in jobs if not job.future.done()]
 
     async def _worker(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            jobs = await self._gather()
+            await self._free.acquire()
+            try:
+                jobs = await self._gather()
+            except BaseException:
+                self._free.release()
+                raise
             self._metrics.queue_depth.set(self.depth)
             if not jobs:
+                self._free.release()
                 continue
+            task = asyncio.get_running_loop().create_task(self._run(jobs), name="batch")
+            self._batches[task] = jobs
+            task.add_done_callback(self._batches.pop)
+
+    async def _run(self, jobs: list[Job]) -> None:
+        """Runs one batch on a free stream's thread and answers its jobs."""
+        try:
             started = time.perf_counter()
             images = np.concatenate([job.images for job in jobs]) if len(jobs) > 1 else None
             images = jobs[0].images if images is None else images
@@ -179,7 +205,7 @@ class MicroBatcher:
             classify = np.repeat([job.classify for job in jobs], [job.size for job in jobs])
             self._metrics.batch_size.observe(len(images))
             try:
-                result = await loop.run_in_executor(
+                result = await asyncio.get_running_loop().run_in_executor(
                     self._executor, self._run_batch, jobs[0].model, images, purify, classify
                 )
             except Exception as exc:
@@ -187,7 +213,7 @@ class MicroBatcher:
                 for job in jobs:
                     if not job.future.done():
                         job.future.set_exception(exc)
-                continue
+                return
             for stage, seconds in result.timings.items():
                 self._metrics.stage_duration.labels(stage=stage).observe(seconds)
             offset = 0
@@ -198,6 +224,8 @@ class MicroBatcher:
                     job.future.set_result(
                         JobResult(_rows(result, rows), len(images), started - job.enqueued)
                     )
+        finally:
+            self._free.release()
 
 
 def _rows(result: StageResult, rows: slice) -> StageResult:

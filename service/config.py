@@ -6,16 +6,38 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+CGROUP = Path("/sys/fs/cgroup")
+
+
+def cgroup_cpu_limit(root: Path = CGROUP) -> float | None:
+    """The CPUs this process's cgroup quota allows (a container's CPU limit: cgroup v2
+    ``cpu.max``, v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``); None when unlimited or
+    unknown. Inside a container ``root`` is the container's own cgroup."""
+    try:
+        if (root / "cpu.max").exists():
+            quota, period = (root / "cpu.max").read_text().split()[:2]
+        else:
+            quota = (root / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (root / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        if quota in ("max", "-1"):
+            return None
+        return int(quota) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
 
 
 def available_cores() -> int:
-    """CPU cores this process may run on (the affinity mask, not the host's total)."""
+    """CPU cores this process may use: the affinity mask (not the host's total), capped by
+    a cgroup CPU quota (a container's CPU limit, which the mask does not show)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    limit = cgroup_cpu_limit()
+    return cores if limit is None else max(1, min(cores, int(limit)))
 
 
 # Upload pixel limit derived from the model's input: a photo may be up to this many times
@@ -45,7 +67,20 @@ class Settings(BaseSettings):
         "when the library is built, off always runs the graphs' function body (same answers); "
         "CUDA sessions always run the function body",
     )
-    intra_op_threads: int = Field(default_factory=available_cores, ge=1)
+    inference_streams: int | None = Field(
+        None,
+        ge=1,
+        description="batches that run at once, each on its own thread; unset: as many as "
+        "the cores allow at intra_op_threads each (one per core when neither is set)",
+    )
+    intra_op_threads: int | None = Field(
+        None,
+        ge=1,
+        description="ONNX Runtime threads per batch; unset: the cores divided among the "
+        "streams (1 when neither is set: docs/benchmarks.md measured one thread per stream "
+        "ahead of one batch split over all cores, which waits for its slowest thread "
+        "whenever the event loop takes a core)",
+    )
     intra_op_spinning: bool = Field(
         False,
         description="let idle ORT threads spin: lower latency on dedicated cores, but on "
@@ -98,3 +133,16 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @model_validator(mode="after")
+    def _inference_layout(self) -> Settings:
+        """Fills in the unset one of ``inference_streams`` and ``intra_op_threads`` from
+        the cores this process may use (both unset: one stream per core, one thread each)."""
+        cores = available_cores()
+        if self.inference_streams is None and self.intra_op_threads is None:
+            self.inference_streams, self.intra_op_threads = cores, 1
+        elif self.inference_streams is None:
+            self.inference_streams = max(1, cores // self.intra_op_threads)
+        elif self.intra_op_threads is None:
+            self.intra_op_threads = max(1, cores // self.inference_streams)
+        return self

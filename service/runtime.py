@@ -253,11 +253,12 @@ def load_runtime(settings: Settings) -> Runtime:
     runtime = Runtime(Path(settings.model_dir), settings)
     runtime.warm_up()
     log.info(
-        "model %s v%s ready in %.2fs (providers %s, %d intra-op threads)",
+        "model %s v%s ready in %.2fs (providers %s, %d stream(s) of %d intra-op thread(s))",
         runtime.manifest.name,
         runtime.manifest.version,
         time.perf_counter() - start,
         runtime.providers,
+        settings.inference_streams,
         settings.intra_op_threads,
     )
     return runtime

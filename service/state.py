@@ -65,6 +65,7 @@ class ServiceState:
             max_batch_size=self.settings.max_batch_size,
             batch_wait_ms=self.settings.batch_wait_ms,
             queue_size=self.settings.queue_size,
+            streams=self.settings.inference_streams,
         )
         self.batcher.start()
         self._publish_model_info(runtime)

@@ -32,5 +32,9 @@ async def readyz(service: ServiceDep) -> JSONResponse:
             "model": {"name": manifest.name, "version": manifest.version},
             "providers": runtime.providers,
             "neuron_kernel": runtime.kernel.as_dict(),
+            "inference": {
+                "streams": service.settings.inference_streams,
+                "intra_op_threads": service.settings.intra_op_threads,
+            },
         }
     )

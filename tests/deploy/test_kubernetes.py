@@ -214,8 +214,9 @@ def test_settings_are_the_services_and_match_compose(rendered) -> None:
             assert settings[key] == str(COMPOSE["api"]["environment"][key]), key
         assert settings["SPIKEGUARD_DOCS"] == "false"
         limits = api_container(objects)["resources"]["limits"]
-        # ORT's threads = the CPUs the pod may use, not the node's (what the default sees)
-        assert settings["SPIKEGUARD_INTRA_OP_THREADS"] == str(limits["cpu"])
+        # streams x ORT threads = the CPUs the pod may use, not the node's
+        streams = int(settings["SPIKEGUARD_INFERENCE_STREAMS"])
+        assert streams * int(settings["SPIKEGUARD_INTRA_OP_THREADS"]) == int(limits["cpu"])
         expected = {"cpu": "cpu", "gpu": "cuda"}[name]
         assert settings["SPIKEGUARD_PROVIDERS"] == expected
 

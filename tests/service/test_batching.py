@@ -147,6 +147,77 @@ def test_timed_out_job_is_skipped():
     assert calls == [1]
 
 
+def test_streams_run_batches_at_once():
+    """Two streams: two batches are inside the model at the same time (each waits for the
+    other at a barrier, which one stream would never pass), and while both streams are
+    busy the next jobs queue and form one batch."""
+    calls: list[int] = []
+    barrier = threading.Barrier(2, timeout=5)
+    gate = threading.Event()
+    first_two = threading.Semaphore(2)
+
+    def run(model, images, purify, classify):
+        if first_two.acquire(blocking=False):
+            barrier.wait()
+            gate.wait(5)
+        return echo_batch(calls)(model, images, purify, classify)
+
+    async def main():
+        batcher = MicroBatcher(
+            run, Metrics(), max_batch_size=4, batch_wait_ms=0, queue_size=16, streams=2
+        )
+        batcher.start()
+
+        def submit(v: int) -> asyncio.Future:
+            return asyncio.ensure_future(
+                batcher.submit(image(v / 10), purify=False, classify=True, timeout=5)
+            )
+
+        try:
+            jobs = [submit(0)]
+            await asyncio.sleep(0.05)  # the first stream took it alone
+            jobs.append(submit(1))
+            await asyncio.sleep(0.05)  # the second stream took this one
+            jobs += [submit(v) for v in range(2, 5)]
+            await asyncio.sleep(0.05)
+            gate.set()
+            return await asyncio.gather(*jobs)
+        finally:
+            gate.set()
+            await batcher.stop()
+
+    results = asyncio.run(main())
+    assert sorted(calls) == [1, 1, 3], calls  # the two first batches, then the queued three
+    for v, result in enumerate(results):
+        np.testing.assert_allclose(result.result.logits[:, 0], [v / 10], rtol=1e-6)
+
+
+def test_stop_answers_the_jobs_of_running_batches():
+    gate = threading.Event()
+
+    async def main():
+        batcher = MicroBatcher(
+            echo_batch([], gate), Metrics(), max_batch_size=1, batch_wait_ms=0, queue_size=4,
+            streams=2,
+        )  # fmt: skip
+        batcher.start()
+        jobs = [
+            asyncio.ensure_future(
+                batcher.submit(image(0.1), purify=False, classify=True, timeout=5)
+            )
+            for _ in range(3)
+        ]
+        await asyncio.sleep(0.1)  # two running, one queued
+        stopping = asyncio.ensure_future(batcher.stop())
+        await asyncio.sleep(0.1)
+        gate.set()  # the model threads return; stop() waits for them
+        await stopping
+        return await asyncio.gather(*jobs, return_exceptions=True)
+
+    outcomes = asyncio.run(main())
+    assert all(isinstance(o, Overloaded) for o in outcomes), outcomes
+
+
 def test_full_queue_answers_503_with_retry_after(make_client, fashion_png):
     """Over HTTP: the model is held busy, so the one queue slot fills and the next
     request is refused instead of waiting."""
