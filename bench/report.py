@@ -284,13 +284,18 @@ def recommended_settings(results: dict) -> list[str]:
             )
             + "."
         )
-    else:
+    if not layouts:
         lines.append(
             f"- Inference layout: {results['threads']} thread(s) in this run, so one batch "
             "over every core and one batch per core are the same; `make bench` on two free "
             "cores adds that comparison."
         )
     return lines
+
+
+def _rounds(row: dict) -> str:
+    rounds = row.get("rounds")
+    return f" ({', '.join(f'{v:.0f}' for v in rounds)})" if rounds and len(rounds) > 1 else ""
 
 
 def _bound(value: float | None) -> str:
@@ -414,7 +419,9 @@ def _service_table(results: dict) -> list[str]:
         "(their sum below the wall "
         "time: the rest of the core went to other processes); and the service's own "
         "p50 / p99 of /classify (bounds of its duration histogram's buckets: the time from "
-        "its middleware to the response), next to the load generator's p50 / p99.",
+        "its middleware to the response), next to the load generator's p50 / p99. Every "
+        "server ran its levels once per round, all servers in turn; a row is the round with "
+        "the median req/s (every round's req/s in brackets).",
         "",
         "| graphs | batch | wait ms | concurrency | requests | req/s | p50 ms | p99 ms "
         "| service p50 / p99 ms | mean batch | inference share "
@@ -430,7 +437,7 @@ def _service_table(results: dict) -> list[str]:
         )
         lines.append(
             f"| {r['mode']} | {r['max_batch_size']} | {r['batch_wait_ms']:g} | "
-            f"{r['concurrency']} | {r['requests']} | {r['requests_per_s']:.1f} | "
+            f"{r['concurrency']} | {r['requests']} | {r['requests_per_s']:.1f}{_rounds(r)} | "
             f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
             f"{_bound(r.get('server_p50_ms'))} / {_bound(r.get('server_p99_ms'))} | "
             f"{r.get('mean_batch', 0):.1f} | "

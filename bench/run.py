@@ -267,7 +267,12 @@ def measure(args: argparse.Namespace, results: dict, work: Path) -> None:
                 work / "unrolled-model",
             )
         results["service"] = service_runs(
-            fused_dir, unrolled_dir, args.threads, args.requests, "sweep" not in args.skip
+            fused_dir,
+            unrolled_dir,
+            args.threads,
+            args.requests,
+            "sweep" not in args.skip,
+            args.rounds,
         )
     if "training" not in args.skip:
         print("training...", file=sys.stderr)
@@ -281,7 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=usable_cores())
     parser.add_argument("--matmul-size", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved inference rounds")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds (inference and service)"
+    )
     parser.add_argument("--requests", type=int, default=200, help="requests per service level")
     parser.add_argument("--train-batch", type=int, default=32)
     parser.add_argument("--skip", nargs="*", default=[], choices=["service", "sweep", "training"])

@@ -79,67 +79,64 @@ def pin_process(pid: int, cores: set[int]) -> None:
             os.sched_setaffinity(int(task.name), cores)
 
 
-def service_level(
-    model_dir: Path,
-    env: dict[str, str],
-    levels,
-    requests: int,
-    purify=True,
-    split=None,
-    upload: str = "multipart",
-):
-    """Load levels against one server; each row adds what the server saw meanwhile (warm-up
-    included): the mean batch size and the share of the time spent in inference. ``split``
-    (from :func:`core_split`) pins the server and this load generator to separate cores;
-    ``upload`` is how the images are sent (``service_load.run_level``)."""
-    images = service_load.fashion_pngs(64)
-    process, url = service_load.start_server(str(model_dir), env)
-    rows = []
-    own = os.sched_getaffinity(0) if split else None
-    if split:
-        pin_process(process.pid, split[0])
-        os.sched_setaffinity(0, split[1])
-    try:
-        readyz = service_load.httpx.get(f"{url}/readyz", timeout=5).json()
-        for concurrency in levels:
-            count = max(requests, 4 * concurrency)
-            before, start = server_counters(url), time.perf_counter()
-            cpu_before = (process_cpu_seconds(process.pid), time.process_time())
-            loop_before = loop_cpu_seconds(process.pid)
-            result = asyncio.run(
-                service_load.run_level(url, images, concurrency, count, purify, upload)
-            )
-            cpu = (process_cpu_seconds(process.pid), time.process_time())
-            loop_cpu = loop_cpu_seconds(process.pid) - loop_before
-            elapsed, after = time.perf_counter() - start, server_counters(url)
-            delta = {k: after[k] - before.get(k, 0.0) for k in after}
-            sent = count + 2 * concurrency  # run_level's warm-up sends 2 per client
-            result["server_cpu_ms"] = 1e3 * (cpu[0] - cpu_before[0]) / sent
-            result["server_loop_cpu_ms"] = 1e3 * loop_cpu / sent
-            result["client_cpu_ms"] = 1e3 * (cpu[1] - cpu_before[1]) / sent
-            result["wall_ms"] = 1e3 * elapsed / sent
-            result["server_p50_ms"] = server_quantile(delta, 0.5)
-            result["server_p99_ms"] = server_quantile(delta, 0.99)
-            result["kernel"] = readyz.get("neuron_kernel")
-            result["cores"] = (
-                {"server": sorted(split[0]), "load_generator": sorted(split[1])}
-                if split
-                else "shared"
-            )
-            result["mean_batch"] = delta["images"] / max(delta["batches"], 1)
-            # per stream: the share of each stream's time spent inside the two sessions
-            streams = (readyz.get("inference") or {}).get("streams", 1)
-            result["streams"] = streams
-            inference_s = delta["purify_s"] + delta["classify_s"]
-            result["inference_share"] = inference_s / elapsed / streams
-            result["decode_share"] = delta["decode_s"] / elapsed
-            rows.append(result)
-    finally:
-        if own:
-            os.sched_setaffinity(0, own)
-        process.terminate()
-        process.wait(10)
-    return rows
+class Server:
+    """One service process for the load levels of one configuration; ``split`` (from
+    :func:`core_split`) pins it and this load generator to separate cores."""
+
+    def __init__(self, model_dir: Path, env: dict[str, str], split=None):
+        self.process, self.url = service_load.start_server(str(model_dir), env)
+        self.split = split
+        if split:
+            pin_process(self.process.pid, split[0])
+        self.readyz = service_load.httpx.get(f"{self.url}/readyz", timeout=5).json()
+
+    def level(self, images: list[bytes], concurrency: int, requests: int, purify, upload):
+        """One load level; the row adds what the server saw meanwhile (warm-up included):
+        the mean batch size, the share of the time spent in inference, CPU per request."""
+        own = os.sched_getaffinity(0) if self.split else None
+        if self.split:
+            os.sched_setaffinity(0, self.split[1])
+        try:
+            return self._level(images, concurrency, requests, purify, upload)
+        finally:
+            if own:
+                os.sched_setaffinity(0, own)
+
+    def _level(self, images, concurrency, requests, purify, upload) -> dict:
+        pid, url, split = self.process.pid, self.url, self.split
+        count = max(requests, 4 * concurrency)
+        before, start = server_counters(url), time.perf_counter()
+        cpu_before = (process_cpu_seconds(pid), time.process_time())
+        loop_before = loop_cpu_seconds(pid)
+        result = asyncio.run(
+            service_load.run_level(url, images, concurrency, count, purify, upload)
+        )
+        cpu = (process_cpu_seconds(pid), time.process_time())
+        loop_cpu = loop_cpu_seconds(pid) - loop_before
+        elapsed, after = time.perf_counter() - start, server_counters(url)
+        delta = {k: after[k] - before.get(k, 0.0) for k in after}
+        sent = count + 2 * concurrency  # run_level's warm-up sends 2 per client
+        result["server_cpu_ms"] = 1e3 * (cpu[0] - cpu_before[0]) / sent
+        result["server_loop_cpu_ms"] = 1e3 * loop_cpu / sent
+        result["client_cpu_ms"] = 1e3 * (cpu[1] - cpu_before[1]) / sent
+        result["wall_ms"] = 1e3 * elapsed / sent
+        result["server_p50_ms"] = server_quantile(delta, 0.5)
+        result["server_p99_ms"] = server_quantile(delta, 0.99)
+        result["kernel"] = self.readyz.get("neuron_kernel")
+        result["cores"] = (
+            {"server": sorted(split[0]), "load_generator": sorted(split[1])} if split else "shared"
+        )
+        result["mean_batch"] = delta["images"] / max(delta["batches"], 1)
+        # per stream: the share of each stream's time spent inside the two sessions
+        streams = (self.readyz.get("inference") or {}).get("streams", 1)
+        result["streams"] = streams
+        result["inference_share"] = (delta["purify_s"] + delta["classify_s"]) / elapsed / streams
+        result["decode_share"] = delta["decode_s"] / elapsed
+        return result
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
 
 
 def default(setting: str):
@@ -154,12 +151,15 @@ def layout_label(streams: int, threads: int) -> str:
 
 
 def service_runs(
-    fused_dir: Path, unrolled_dir: Path, threads: int, requests: int, sweep: bool
+    fused_dir: Path, unrolled_dir: Path, threads: int, requests: int, sweep: bool, rounds: int
 ) -> list[dict]:
     """``/classify`` (purify) at several concurrencies: the fused graphs with the kernel
     (the service's defaults), without it, today's graphs; then the inference layout
     (streams x threads) and batch size x wait. The service gets what its defaults would
-    give it on ``threads`` cores: one stream per core, one ORT thread each."""
+    give it on ``threads`` cores: one stream per core, one ORT thread each. Every server
+    starts first and stays up; ``rounds`` times, each runs its levels in turn, and a row is
+    the median round, so the machine's drift over the minutes of the run (large on a shared
+    host) falls on every setting alike instead of on the ones measured last."""
     base = {
         "SPIKEGUARD_INFERENCE_STREAMS": str(threads),
         "SPIKEGUARD_INTRA_OP_THREADS": "1",
@@ -187,27 +187,51 @@ def service_runs(
                     "SPIKEGUARD_BATCH_WAIT_MS": str(wait),
                 }
                 configs.append(("sweep", fused_dir, env, (1, 32)))
+    images = service_load.fashion_pngs(64)
+    servers: list[tuple[str, dict, tuple, Server]] = []
+    try:
+        for label, directory, env, levels in configs:
+            settings = {**base, **env}
+            streams = int(settings["SPIKEGUARD_INFERENCE_STREAMS"])
+            split = core_split(streams * int(settings["SPIKEGUARD_INTRA_OP_THREADS"]))
+            servers.append((label, env, levels, Server(directory, settings, split)))
+        samples: dict[tuple[int, int], list[dict]] = {}
+        for round_ in range(rounds):  # every server once per round: drift hits all alike
+            for index, (label, _, levels, server) in enumerate(servers):
+                upload = "raw" if label == report.RAW_BODY else "multipart"
+                for concurrency in levels:
+                    row = server.level(images, concurrency, requests, True, upload)
+                    samples.setdefault((index, concurrency), []).append(row)
+            print(f"  service round {round_ + 1} of {rounds} done", file=sys.stderr)
+    finally:
+        for *_, server in servers:
+            server.stop()
     rows = []
-    for label, directory, env, levels in configs:
-        settings = {**base, **env}
-        streams = int(settings["SPIKEGUARD_INFERENCE_STREAMS"])
-        split = core_split(streams * int(settings["SPIKEGUARD_INTRA_OP_THREADS"]))
-        upload = "raw" if label == report.RAW_BODY else "multipart"
-        measured = service_level(directory, settings, levels, requests, split=split, upload=upload)
-        for result in measured:
-            result.update(
-                mode=label,
-                max_batch_size=int(env.get("SPIKEGUARD_MAX_BATCH_SIZE", default("max_batch_size"))),
-                batch_wait_ms=float(env.get("SPIKEGUARD_BATCH_WAIT_MS", default("batch_wait_ms"))),
-            )
-            print(
-                f"  service {label} batch {result['max_batch_size']} wait "
-                f"{result['batch_wait_ms']} c={result['concurrency']}: "
-                f"{result['requests_per_s']:.1f} req/s p50 {result['p50_ms']:.1f} ms "
-                f"p99 {result['p99_ms']:.1f} ms, mean batch {result['mean_batch']:.1f}, "
-                f"inference {result['inference_share']:.0%} of the time, kernel "
-                f"{result['kernel']['mode']}",
-                file=sys.stderr,
-            )
-            rows.append(result)
+    for (index, _), runs in samples.items():
+        label, env, _, _ = servers[index]
+        result = median_run(runs)
+        result.update(
+            mode=label,
+            max_batch_size=int(env.get("SPIKEGUARD_MAX_BATCH_SIZE", default("max_batch_size"))),
+            batch_wait_ms=float(env.get("SPIKEGUARD_BATCH_WAIT_MS", default("batch_wait_ms"))),
+        )
+        print(
+            f"  service {label} batch {result['max_batch_size']} wait "
+            f"{result['batch_wait_ms']} c={result['concurrency']}: "
+            f"{result['requests_per_s']:.1f} req/s (rounds {result['rounds']}) p50 "
+            f"{result['p50_ms']:.1f} ms p99 {result['p99_ms']:.1f} ms, mean batch "
+            f"{result['mean_batch']:.1f}, inference {result['inference_share']:.0%} of the "
+            f"time, kernel {result['kernel']['mode']}",
+            file=sys.stderr,
+        )
+        rows.append(result)
     return rows
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median req/s (the lower middle one of an even count), with every
+    run's req/s in ``rounds``: its other figures come from that same run."""
+    ordered = sorted(runs, key=lambda r: r["requests_per_s"])
+    middle = dict(ordered[(len(ordered) - 1) // 2])
+    middle["rounds"] = [round(r["requests_per_s"], 1) for r in runs]
+    return middle

@@ -82,6 +82,7 @@ class MicroBatcher:
         self._wait = batch_wait_ms / 1000.0
         self._queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=queue_size)
         self._carried: Job | None = None  # taken from the queue but did not fit the last batch
+        self._queued_images = 0  # in the jobs on the queue and the carried one
         self.streams = streams
         self._free = asyncio.Semaphore(streams)  # streams not running a batch
         self._executor = ThreadPoolExecutor(max_workers=streams, thread_name_prefix="inference")
@@ -111,6 +112,7 @@ class MicroBatcher:
         self._carried = None
         while not self._queue.empty():
             jobs.append(self._queue.get_nowait())
+        self._queued_images = 0
         return jobs
 
     @property
@@ -136,13 +138,21 @@ class MicroBatcher:
             raise Overloaded(
                 f"the inference queue is full ({self._queue.maxsize} waiting)"
             ) from None
+        self._queued_images += job.size
         self._metrics.queue_depth.set(self.depth)
         # on timeout the job's future is cancelled, and the worker skips it
         async with asyncio.timeout(timeout):
             return await job.future
 
     async def _next_job(self, deadline: float | None) -> Job | None:
-        """The next job, waiting until ``deadline`` (forever if None); None at the deadline.
+        """The next job, waiting until ``deadline`` (forever if None); None at the deadline."""
+        job = await self._take_job(deadline)
+        if job is not None:
+            self._queued_images -= job.size
+        return job
+
+    async def _take_job(self, deadline: float | None) -> Job | None:
+        """``_next_job`` but for the count of queued images.
 
         ``asyncio.timeout`` rather than ``wait_for``: on Python 3.11, ``wait_for`` swallows
         a cancellation that arrives as the queue hands over an item, and ``stop()`` would
@@ -164,16 +174,30 @@ class MicroBatcher:
         except TimeoutError:
             return None
 
+    def _share(self, first: Job) -> int:
+        """The images this batch may take: ``max_batch_size``, and with several streams and
+        no batch wait no more than an even share of the queued images (its first job's
+        included), so that the next stream to come free finds the rest instead of one batch
+        taking everything while the other streams idle; on CPU one thread runs a small
+        batch about as fast per image as a big one (docs/benchmarks.md)."""
+        if self.streams == 1 or self._wait > 0:  # a wait asks for company: up to the cap
+            return self.max_batch_size
+        queued = first.size + self._queued_images
+        share = -(-queued // self.streams)  # ceil
+        return max(1, min(self.max_batch_size, share))
+
     async def _gather(self) -> list[Job]:
         first = await self._next_job(None)
         jobs, images = [first], first.size
+        limit = self._share(first)
         deadline = time.perf_counter() + self._wait
-        while images < self.max_batch_size:
+        while images < limit:
             job = await self._next_job(deadline)
             if job is None:
                 break
-            if images + job.size > self.max_batch_size or job.model is not first.model:
+            if images + job.size > limit or job.model is not first.model:
                 self._carried = job
+                self._queued_images += job.size
                 break
             jobs.append(job)
             images += job.size

@@ -87,7 +87,12 @@ class Settings(BaseSettings):
         "shared or oversubscribed cores the spinning threads starve everything else "
         "(several times slower on a busy 2-core machine)",
     )
-    max_batch_size: int = Field(32, ge=1, description="images per inference batch")
+    max_batch_size: int = Field(
+        32,
+        ge=1,
+        description="images per inference batch, at most; with several streams and no batch "
+        "wait a batch also leaves the other streams their share of what is queued",
+    )
     batch_wait_ms: float = Field(
         0.0,
         ge=0,

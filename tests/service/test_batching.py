@@ -150,7 +150,8 @@ def test_timed_out_job_is_skipped():
 def test_streams_run_batches_at_once():
     """Two streams: two batches are inside the model at the same time (each waits for the
     other at a barrier, which one stream would never pass), and while both streams are
-    busy the next jobs queue and form one batch."""
+    busy the next jobs queue: the first stream to come free takes its share (2 of 3), the
+    next one the rest."""
     calls: list[int] = []
     barrier = threading.Barrier(2, timeout=5)
     gate = threading.Event()
@@ -187,9 +188,54 @@ def test_streams_run_batches_at_once():
             await batcher.stop()
 
     results = asyncio.run(main())
-    assert sorted(calls) == [1, 1, 3], calls  # the two first batches, then the queued three
+    assert sorted(calls) == [1, 1, 1, 2], calls
     for v, result in enumerate(results):
         np.testing.assert_allclose(result.result.logits[:, 0], [v / 10], rtol=1e-6)
+
+
+def test_streams_share_the_queue():
+    """Eight jobs queue while both streams are busy: the first stream to come free takes
+    its half (4), not all 8 (max_batch_size 32), and leaves the rest to the other."""
+    calls: list[int] = []
+    taken: list[int] = []  # batch sizes in the order the streams took them
+    barrier = threading.Barrier(2, timeout=5)
+    gate = threading.Event()
+    first_two = threading.Semaphore(2)
+
+    def run(model, images, purify, classify):
+        taken.append(len(images))
+        if first_two.acquire(blocking=False):
+            barrier.wait()
+            gate.wait(5)
+        return echo_batch(calls)(model, images, purify, classify)
+
+    async def main():
+        batcher = MicroBatcher(
+            run, Metrics(), max_batch_size=32, batch_wait_ms=0, queue_size=16, streams=2
+        )
+        batcher.start()
+
+        def submit() -> asyncio.Future:
+            return asyncio.ensure_future(
+                batcher.submit(image(0.5), purify=False, classify=True, timeout=5)
+            )
+
+        try:
+            jobs = [submit()]
+            await asyncio.sleep(0.05)
+            jobs.append(submit())
+            await asyncio.sleep(0.05)  # both streams busy
+            jobs += [submit() for _ in range(8)]
+            await asyncio.sleep(0.05)
+            gate.set()
+            await asyncio.gather(*jobs)
+        finally:
+            gate.set()
+            await batcher.stop()
+
+    asyncio.run(main())
+    assert taken[:3] == [1, 1, 4], taken  # with one stream (or a wait) the third would be 8
+    assert sum(taken) == 10 and max(taken[3:]) <= 4, taken
 
 
 def test_stop_answers_the_jobs_of_running_batches():
