@@ -357,3 +357,10 @@ def test_the_served_model_section_shows_export_http_and_the_purifiers(study, tmp
     served.write_text(served.read_text().replace("v1.0", "v0.9"))
     text = render_page(study, tmp_path / "r.md", tmp_path / "r", model, served)
     assert "not yet measured" in _line(text, "| bare |")
+
+
+def test_a_time_saving_that_is_a_cost_says_more():
+    from training.results_page.sections import _less_or_more
+
+    assert _less_or_more(70.0) == "70.0 % less"
+    assert _less_or_more(-61.4) == "61.4 % more"  # the purifier plus its classifier took longer
