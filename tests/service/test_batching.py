@@ -265,9 +265,9 @@ def test_stop_answers_the_jobs_of_running_batches():
 
 
 def test_full_queue_answers_503_with_retry_after(make_client, fashion_png):
-    """Over HTTP: the model is held busy, so the one queue slot fills and the next
-    request is refused instead of waiting."""
-    client = make_client(queue_size=1, max_batch_size=1, batch_wait_ms=0)
+    """Over HTTP: the model (one stream) is held busy, so the one queue slot fills and the
+    next request is refused instead of waiting."""
+    client = make_client(queue_size=1, max_batch_size=1, batch_wait_ms=0, inference_streams=1)
     batcher = client.app.state.service.batcher
     real_run = batcher._run_batch
     entered, gate = threading.Event(), threading.Event()
