@@ -24,6 +24,7 @@ from .presets import PRESETS, get_preset
 PURIFIER_ATTACKS = ("fgsm", "pgd", "ifgsm", "gaussian")
 # attacks whose output at a per-sample epsilon is exact from one pass: x + eps_i * direction
 EPS_RANGE_ATTACKS = frozenset({"fgsm", "gaussian"})
+ATTACK_TARGETS = ("classifier", "pipeline")
 
 
 @dataclass
@@ -67,6 +68,10 @@ class TrainConfig:
     # sample uniformly from [attack_eps_min, attack_eps]
     clean_fraction: float = 0.0
     attack_eps_min: float | None = None
+    # what the training attack differentiates through: the frozen classifier (Algorithm 1)
+    # or the whole pipeline with the purifier as it is at that step (the adaptive
+    # attacker's view: the purifier learns to undo the attacks aimed at itself)
+    attack_target: str = "classifier"
     charbonnier_epochs: int = 100
     beta: float = 0.5
     # execution
@@ -129,6 +134,12 @@ def configure(parser: argparse.ArgumentParser, command: str) -> None:
             "--attack-eps-min",
             type=float,
             help="draw each attacked image's epsilon from [this, --attack-eps] (FGSM, gaussian)",
+        )
+        add(
+            "--attack-target",
+            choices=list(ATTACK_TARGETS),
+            help="what the training attack differentiates through: the frozen classifier "
+            "(Algorithm 1, the default) or the pipeline, purifier included (adaptive)",
         )
         add("--charbonnier-epochs", type=int, help="epochs of pure Charbonnier loss first")
         add("--beta", type=float, help="L_rec = beta * Charbonnier + (1 - beta) * L2 afterwards")
@@ -231,6 +242,10 @@ def validate(config: TrainConfig) -> None:
                 f"--attack-eps-min must be in [0, the attack's eps {top:g}], "
                 f"got {config.attack_eps_min}"
             )
+    if config.attack_target not in ATTACK_TARGETS:
+        raise UsageError(f"--attack-target must be one of {ATTACK_TARGETS}")
+    if config.attack_target == "pipeline" and config.attack == "gaussian":
+        raise UsageError("--attack-target pipeline needs a gradient attack, not gaussian")
     if config.command == "train-purifier":
         if not config.classifier:
             raise UsageError("train-purifier needs --classifier (a checkpoint or run directory)")

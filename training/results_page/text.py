@@ -13,6 +13,7 @@ DEFENCE_ORDER = (
     "adv-training",
     "purifier",
     "purifier-paper",
+    "purifier-adaptive",
     "purifier+adv",
     "purifier@resnet20",
 )
@@ -22,6 +23,7 @@ DEFENCE_LABELS = {
     "adv-training": "adversarial training",
     "purifier": "purifier (shipped)",
     "purifier-paper": "purifier (paper's Algorithm 1)",
+    "purifier-adaptive": "purifier (adaptive: trained on attacks through itself)",
     "purifier+adv": "purifier + adversarial training",
     "purifier@resnet20": "purifier in front of ResNet20-SNN",
 }

@@ -25,6 +25,7 @@ from ..distributed import autocast, epoch_generator
 from ..errors import UsageError
 from ..losses import PurifierLossWeights, purifier_loss
 from ..models import create_model
+from ..threat_models import PurifiedClassifier
 from .base import Trainer, accuracy
 
 
@@ -108,6 +109,14 @@ class PurifierTrainer(Trainer):
         )
         self.attack = config.attack
         self.model = self.wrap(build_purifier(config, self.data.info))
+        # --attack-target pipeline: the attack sees purifier and classifier end to end, the
+        # purifier in eval mode and as it is at that step (its weights are not updated by
+        # the attack: the step's zero_grad comes after)
+        self.attack_model = (
+            PurifiedClassifier(self.raw_model, self.classifier)
+            if config.attack_target == "pipeline"
+            else self.classifier
+        )
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.meta_extra = {
             "classifier": str(config.classifier),
@@ -117,6 +126,7 @@ class PurifierTrainer(Trainer):
                 "steps": config.attack_steps,
                 "eps_min": config.attack_eps_min,
                 "clean_fraction": config.clean_fraction,
+                "target": config.attack_target,
             },  # fmt: skip
         }
 
@@ -126,10 +136,15 @@ class PurifierTrainer(Trainer):
 
     def train_step(self, x, y, epoch, gen):
         cfg = self.config
+        adaptive = self.attack_model is not self.classifier
+        if adaptive:
+            self.raw_model.eval()
         x_adv = mixed_purifier_batch(
-            self.attack, self.classifier, x, y, self.attack_eps, cfg.attack_steps, gen,
+            self.attack, self.attack_model, x, y, self.attack_eps, cfg.attack_steps, gen,
             clean_fraction=cfg.clean_fraction, eps_min=cfg.attack_eps_min,
         )  # fmt: skip
+        if adaptive:
+            self.raw_model.train()
         sigma = (x_adv - x).abs()  # the true per-pixel noise level (module docstring)
         beta = 1.0 if epoch <= cfg.charbonnier_epochs else cfg.beta
         with autocast(self.device):
@@ -152,9 +167,9 @@ class PurifierTrainer(Trainer):
         def purify_then_classify(x):
             return self.classifier(purifier(x)[0])
 
-        def attacked(eps):
+        def attacked(eps):  # the training attack's view: the classifier, or the pipeline
             return lambda x, y: purifier_attack(
-                self.attack, self.classifier, x, y, eps, cfg.attack_steps, gen
+                self.attack, self.attack_model, x, y, eps, cfg.attack_steps, gen
             )
 
         out = {

@@ -154,7 +154,7 @@ def test_purifier_training_lowers_reconstruction_error(tmp_path, tiny_data):
     meta = read_meta(Path(summary["run_dir"]) / "best.safetensors")
     assert meta["attack"] == {
         "name": "fgsm", "eps": pytest.approx(0.2), "steps": 7, "eps_min": None,
-        "clean_fraction": 0.0,
+        "clean_fraction": 0.0, "target": "classifier",
     }  # fmt: skip
     purifier, _ = load_model(summary["run_dir"])
     purified, noise = purifier(torch.rand(2, 1, 12, 12))
@@ -211,6 +211,7 @@ def test_mixed_purifier_batch_keeps_clean_images_and_draws_eps_per_image():
         (["--clean-fraction", "1"], "--clean-fraction must be in [0, 1)"),
         (["--attack", "pgd", "--attack-eps-min", "0"], "--attack-eps-min works with"),
         (["--attack-eps-min", "0.5"], "--attack-eps-min must be in [0"),
+        (["--attack", "gaussian", "--attack-target", "pipeline"], "needs a gradient attack"),
     ],
 )
 def test_purifier_mix_flags_are_checked(tmp_path, tiny_data, capsys, flags, needle):
@@ -220,3 +221,55 @@ def test_purifier_mix_flags_are_checked(tmp_path, tiny_data, capsys, flags, need
             "--runs-dir", str(tmp_path), "--eval-eps", "0.1", *flags]  # fmt: skip
     assert main(args) == 2
     assert needle in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_adaptive_purifier_training_attacks_through_the_current_purifier(
+    tmp_path, tiny_data, monkeypatch
+):
+    """--attack-target pipeline: every training batch's attack differentiates through the
+    purifier being trained (in eval mode) and the classifier, and what it sees moves with
+    the purifier's weights: the input gradient through two different purifiers differs."""
+    from training.threat_models import PurifiedClassifier
+    from training.trainers import purifier as purifier_module
+
+    classifier = train(tiny_config(tmp_path, tiny_data, name="clf", epochs=3))
+    assert classifier["final"]["val_acc"] > 30, classifier["final"]  # not a silent network
+    seen = []
+    real_attack = purifier_module.purifier_attack
+
+    def recording(name, model, x, y, eps, steps, gen):
+        x_adv = real_attack(name, model, x, y, eps, steps, gen)
+        if isinstance(model, PurifiedClassifier):
+            seen.append((model.purifier.training, (x_adv - x).abs().max().item()))
+        return x_adv
+
+    monkeypatch.setattr(purifier_module, "purifier_attack", recording)
+    cfg = tiny_config(
+        tmp_path, tiny_data, command="train-purifier", name="pur-adaptive",
+        classifier=classifier["run_dir"], epochs=1, lr=3e-3, eval_eps=0.1, attack="pgd",
+        attack_steps=2, attack_eps=0.1, clean_fraction=0.25, attack_target="pipeline",
+    )  # fmt: skip
+    summary = train(cfg)
+    assert seen, "no attack went through the purifier"
+    assert all(not training for training, _ in seen)  # crafted in eval mode
+    assert all(0.05 < linf <= 0.1 + 1e-6 for _, linf in seen)  # really perturbed, in the ball
+    meta = read_meta(Path(summary["run_dir"]) / "best.safetensors")
+    assert meta["attack"]["target"] == "pipeline" and meta["attack"]["name"] == "pgd"
+
+    trained, _ = load_model(summary["run_dir"])
+    other, _ = load_model(summary["run_dir"])
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(0.5)
+    clf, _ = load_model(classifier["run_dir"])
+    x = torch.rand(8, 1, 12, 12)
+    y = clf.eval()(x).argmax(1)
+    grads = []
+    for purifier in (trained, other):
+        x_var = x.clone().requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(PurifiedClassifier(purifier.eval(), clf)(x_var), y)
+        (grad,) = torch.autograd.grad(loss, x_var)
+        grads.append(grad)
+    assert grads[0].abs().sum() > 0  # the gradient reaches the input through the purifier
+    assert not torch.allclose(grads[0], grads[1])
