@@ -280,10 +280,25 @@ def _detection_sentences(summary: dict) -> list[str]:
             )
     best = summary.get("best_alternative")
     if best:
+        # an attacker who also keeps that score low: the test of the lead, where measured
+        against = next(
+            (
+                r["adaptive"]
+                for r in rows
+                if (r.get("adaptive") or {}).get("detector") == best["score"]
+            ),
+            None,
+        )
+        verdict = (
+            "treat it as a lead, not a result"
+            if against is None
+            else "and an attacker who keeps it low fools the pipeline undetected by it on "
+            f"{_rate(against['fooled_and_passed'])} (above): it does not hold up either"
+        )
         out.append(
             f"The best alternative score on the end-to-end examples is {best['label']} "
             f"(AUC {best['auc_fooled']:.3f}, mean noise level {best['mean_auc_fooled']}); "
-            "it was chosen on these same images, so treat it as a lead, not a result."
+            f"it was chosen on these same images, {verdict}."
         )
     return out
 

@@ -364,3 +364,31 @@ def test_a_time_saving_that_is_a_cost_says_more():
 
     assert _less_or_more(70.0) == "70.0 % less"
     assert _less_or_more(-61.4) == "61.4 % more"  # the purifier plus its classifier took longer
+
+
+def test_a_lead_that_an_adaptive_attacker_defeats_is_called_so():
+    """The best alternative score is a lead until an attacker who keeps it low is measured;
+    then the page says what that attacker achieved."""
+    from training.results_page.sections import _detection_sentences
+
+    def row(adaptive=None):
+        block = {"auc_fooled": 0.9, "auc_fooled_ci95": [0.85, 0.95]}
+        out = {"threat_model": "end-to-end", "attack": "apgd-ce", "detection": {"mean": block}}
+        if adaptive:
+            out.update(attack="pgd-residual-aware", steps=100, adaptive=adaptive)
+        return out
+
+    rate = {"k": 154, "n": 200, "percent": 77.0, "ci95": [70.7, 82.3]}
+    adaptive = {
+        "detector": "residual", "clean_mean_score": 0.001, "fooled_and_passed": rate,
+        "by_lambda": [{"lambda": 0.0, "mean_score": 0.03}],
+    }  # fmt: skip
+    best = {"score": "residual", "label": "mean |purified - input|", "auc_fooled": 0.998,
+            "mean_auc_fooled": 0.74}  # fmt: skip
+    lead = " ".join(_detection_sentences({"results": [row()], "best_alternative": best}))
+    assert "treat it as a lead" in lead
+    tested = " ".join(
+        _detection_sentences({"results": [row(), row(adaptive)], "best_alternative": best})
+    )
+    assert "treat it as a lead" not in tested
+    assert "undetected by it on 77.0 % [70.7, 82.3] of 200" in tested
