@@ -82,6 +82,7 @@ class MicroBatcher:
         self._wait = batch_wait_ms / 1000.0
         self._queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=queue_size)
         self._carried: Job | None = None  # taken from the queue but did not fit the last batch
+        self._forming: list[Job] = []  # the batch being gathered
         self._queued_images = 0  # in the jobs on the queue and the carried one
         self.streams = streams
         self._free = asyncio.Semaphore(streams)  # streams not running a batch
@@ -101,7 +102,7 @@ class MicroBatcher:
         for task, _ in running:
             task.cancel()
         await asyncio.gather(*(task for task, _ in running), return_exceptions=True)
-        in_flight = [job for _, jobs in running for job in jobs]
+        in_flight = [job for _, jobs in running for job in jobs] + self._forming
         for job in in_flight + self._drain():
             if not job.future.done():
                 job.future.set_exception(Overloaded("the service is shutting down"))
@@ -189,6 +190,7 @@ class MicroBatcher:
     async def _gather(self) -> list[Job]:
         first = await self._next_job(None)
         jobs, images = [first], first.size
+        self._forming = jobs
         limit = self._share(first)
         deadline = time.perf_counter() + self._wait
         while images < limit:
@@ -201,6 +203,7 @@ class MicroBatcher:
                 break
             jobs.append(job)
             images += job.size
+        self._forming = []
         return [job for job in jobs if not job.future.done()]
 
     async def _worker(self) -> None:

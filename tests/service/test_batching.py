@@ -264,6 +264,31 @@ def test_stop_answers_the_jobs_of_running_batches():
     assert all(isinstance(o, Overloaded) for o in outcomes), outcomes
 
 
+def test_stop_ends_streams_that_wait_for_company():
+    """A batch being gathered through a long wait: stop() ends at once and answers its job
+    (it is neither queued nor running)."""
+
+    async def main():
+        batcher = MicroBatcher(
+            echo_batch([]), Metrics(), max_batch_size=8, batch_wait_ms=20_000, queue_size=4,
+            streams=2,
+        )  # fmt: skip
+        batcher.start()
+        job = asyncio.ensure_future(
+            batcher.submit(image(0.1), purify=False, classify=True, timeout=30)
+        )
+        await asyncio.sleep(0.1)  # taken, waiting 20 s for company
+        start = time.perf_counter()
+        await asyncio.wait_for(batcher.stop(), 5)
+        stopped_after = time.perf_counter() - start
+        outcome = await asyncio.gather(job, return_exceptions=True)
+        return stopped_after, outcome[0]
+
+    stopped_after, outcome = asyncio.run(main())
+    assert stopped_after < 2
+    assert isinstance(outcome, Overloaded), outcome
+
+
 def test_full_queue_answers_503_with_retry_after(make_client, fashion_png):
     """Over HTTP: the model (one stream) is held busy, so the one queue slot fills and the
     next request is refused instead of waiting."""
