@@ -147,57 +147,13 @@ def test_timed_out_job_is_skipped():
     assert calls == [1]
 
 
-def test_streams_run_batches_at_once():
-    """Two streams: two batches are inside the model at the same time (each waits for the
-    other at a barrier, which one stream would never pass), and while both streams are
-    busy the next jobs queue: the first stream to come free takes its share (2 of 3), the
-    next one the rest."""
+def run_with_both_streams_held(max_batch_size: int, queued: list[float]):
+    """Two streams: one job each, both held inside the model together (each waits for the
+    other at a barrier, which one stream would never pass); then ``queued`` jobs arrive
+    while both are busy, and the streams are let go. Returns (batch sizes in the order the
+    streams took them, each job's result)."""
     calls: list[int] = []
-    barrier = threading.Barrier(2, timeout=5)
-    gate = threading.Event()
-    first_two = threading.Semaphore(2)
-
-    def run(model, images, purify, classify):
-        if first_two.acquire(blocking=False):
-            barrier.wait()
-            gate.wait(5)
-        return echo_batch(calls)(model, images, purify, classify)
-
-    async def main():
-        batcher = MicroBatcher(
-            run, Metrics(), max_batch_size=4, batch_wait_ms=0, queue_size=16, streams=2
-        )
-        batcher.start()
-
-        def submit(v: int) -> asyncio.Future:
-            return asyncio.ensure_future(
-                batcher.submit(image(v / 10), purify=False, classify=True, timeout=5)
-            )
-
-        try:
-            jobs = [submit(0)]
-            await asyncio.sleep(0.05)  # the first stream took it alone
-            jobs.append(submit(1))
-            await asyncio.sleep(0.05)  # the second stream took this one
-            jobs += [submit(v) for v in range(2, 5)]
-            await asyncio.sleep(0.05)
-            gate.set()
-            return await asyncio.gather(*jobs)
-        finally:
-            gate.set()
-            await batcher.stop()
-
-    results = asyncio.run(main())
-    assert sorted(calls) == [1, 1, 1, 2], calls
-    for v, result in enumerate(results):
-        np.testing.assert_allclose(result.result.logits[:, 0], [v / 10], rtol=1e-6)
-
-
-def test_streams_share_the_queue():
-    """Eight jobs queue while both streams are busy: the first stream to come free takes
-    its half (4), not all 8 (max_batch_size 32), and leaves the rest to the other."""
-    calls: list[int] = []
-    taken: list[int] = []  # batch sizes in the order the streams took them
+    taken: list[int] = []
     barrier = threading.Barrier(2, timeout=5)
     gate = threading.Event()
     first_two = threading.Semaphore(2)
@@ -211,29 +167,46 @@ def test_streams_share_the_queue():
 
     async def main():
         batcher = MicroBatcher(
-            run, Metrics(), max_batch_size=32, batch_wait_ms=0, queue_size=16, streams=2
-        )
+            run, Metrics(), max_batch_size=max_batch_size, batch_wait_ms=0, queue_size=16,
+            streams=2,
+        )  # fmt: skip
         batcher.start()
 
-        def submit() -> asyncio.Future:
+        def submit(v: float) -> asyncio.Future:
             return asyncio.ensure_future(
-                batcher.submit(image(0.5), purify=False, classify=True, timeout=5)
+                batcher.submit(image(v), purify=False, classify=True, timeout=5)
             )
 
         try:
-            jobs = [submit()]
-            await asyncio.sleep(0.05)
-            jobs.append(submit())
-            await asyncio.sleep(0.05)  # both streams busy
-            jobs += [submit() for _ in range(8)]
+            jobs = [submit(0.0)]
+            await asyncio.sleep(0.05)  # the first stream took it alone
+            jobs.append(submit(0.1))
+            await asyncio.sleep(0.05)  # the second stream took this one
+            jobs += [submit(v) for v in queued]
             await asyncio.sleep(0.05)
             gate.set()
-            await asyncio.gather(*jobs)
+            return await asyncio.gather(*jobs)
         finally:
             gate.set()
             await batcher.stop()
 
-    asyncio.run(main())
+    results = asyncio.run(main())
+    return taken, results
+
+
+def test_streams_run_batches_at_once():
+    """Two batches run at once, and the jobs that queued meanwhile go out in shares: the
+    first stream to come free takes 2 of the 3, the next one the rest."""
+    taken, results = run_with_both_streams_held(4, [0.2, 0.3, 0.4])
+    assert taken[:2] == [1, 1] and sorted(taken[2:]) == [1, 2], taken
+    for v, result in enumerate(results):
+        np.testing.assert_allclose(result.result.logits[:, 0], [v / 10], rtol=1e-6)
+
+
+def test_streams_share_the_queue():
+    """Eight jobs queue while both streams are busy: the first stream to come free takes
+    its half (4), not all 8 (max_batch_size 32), and leaves the rest to the other."""
+    taken, _ = run_with_both_streams_held(32, [0.5] * 8)
     assert taken[:3] == [1, 1, 4], taken  # with one stream (or a wait) the third would be 8
     assert sum(taken) == 10 and max(taken[3:]) <= 4, taken
 
