@@ -77,9 +77,9 @@ class Settings(BaseSettings):
         None,
         ge=1,
         description="ONNX Runtime threads per batch; unset: the cores divided among the "
-        "streams (1 when neither is set: docs/benchmarks.md measured one thread per stream "
-        "ahead of one batch split over all cores, which waits for its slowest thread "
-        "whenever the event loop takes a core)",
+        "streams (1 when neither is set: in every docs/benchmarks.md run the bare pipeline "
+        "ran faster as one batch per thread than as one batch split over all threads; in "
+        "the service the two measured within the runs' noise)",
     )
     intra_op_spinning: bool = Field(
         False,
