@@ -6,9 +6,9 @@ waiting job, gathers more until the batch holds ``max_batch_size`` images or
 ``batch_wait_ms`` has passed since the first was taken, and runs the batch on the stream's
 thread, so the event loop keeps accepting and decoding requests meanwhile. ``streams``
 batches run at once, each on its own thread (the sessions are shared: ONNX Runtime runs
-one session from several threads): on CPU, streams of one ORT thread each keep every core
-busy where one batch split over all cores would wait for its slowest thread whenever the
-event loop takes a core (``docs/benchmarks.md``). While every stream is busy, jobs queue
+one session from several threads): on CPU the bare pipeline runs faster as one batch per
+thread, one ORT thread each, than as one batch split over all threads
+(``docs/benchmarks.md``). While every stream is busy, jobs queue
 and form the next batch. A full queue refuses new jobs at once (``Overloaded``) instead of
 letting latency grow without bound.
 
