@@ -77,6 +77,7 @@ def suite_config(stage: EvalStage, out: Path, args: argparse.Namespace):
         threat_models=list(stage.threat_models),
         surrogates=["rect1", "sigmoid4", "ste"],
         n=stage.n,
+        batch_size=stage.batch_size,
         data_dir=args.data_dir,
         device="cuda" if args.device == "cuda" else "cpu",
         out=str(out / "eval" / stage.name),
@@ -167,7 +168,10 @@ def eval_status(stage: EvalStage, out: Path, args) -> StageStatus:
     results = [json.loads(p.read_text()) for p in result_files(out, stage)]
     spent = sum(r.get("seconds", 0.0) for r in results)
     surrogates = 3
-    priors = [eval_prior_seconds(s["attack"], s["threat"], stage.n, surrogates) for s in settings]
+    priors = [
+        eval_prior_seconds(s["attack"], s["threat"], stage.n, surrogates, stage.seconds_per_image)
+        for s in settings
+    ]
     done_keys = {
         (r["defence"], r["threat_model"], r["attack"], r["eps"], r.get("steps")) for r in results
     }
@@ -237,7 +241,9 @@ def stage_status(stage, study: Study, out: Path, args) -> StageStatus:
 
 
 def study_status(study: Study, out: Path, args, budget_hours: float) -> list[StageStatus]:
-    """Every stage's status; stages past the budget (cumulative, in plan order) are cut."""
+    """Every stage's status; stages past the budget (cumulative, in plan order) are cut, and
+    so is an unfinished training stage whose every dependant is cut (its weights would serve
+    no row)."""
     rows, total = [], 0.0
     for stage in study.stages:
         row = stage_status(stage, study, out, args)
@@ -245,6 +251,13 @@ def study_status(study: Study, out: Path, args, budget_hours: float) -> list[Sta
         if row.state != "done" and total > budget_hours * 3600:
             row.state = "cut"
         rows.append(row)
+    state = {row.name: row for row in rows}
+    for stage in reversed(study.stages):
+        dependants = [s.name for s in study.stages if stage.name in s.needs]
+        row = state[stage.name]
+        if (isinstance(stage, TrainStage) and row.state not in ("done", "cut") and dependants
+                and all(state[d].state == "cut" for d in dependants)):  # fmt: skip
+            row.state = "cut"
     return rows
 
 

@@ -223,3 +223,47 @@ def test_status_of_some_stages_keeps_the_whole_plans_budget(tmp_path, monkeypatc
     assert main([*study, "--only", cut[0]]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if f" {cut[0]} " in line]
     assert len(rows) == 1 and " cut " in rows[0]
+
+
+def test_a_training_stage_whose_every_dependant_is_cut_is_cut_too(monkeypatch):
+    # src trains for 100 s and fits the budget, but the only row that needs it does not;
+    # clf stays: a row that fits needs it
+    from training import study_state
+
+    study = Study(
+        "tiny-study",
+        (
+            TrainStage("clf", 1, "train-classifier"),
+            TrainStage("src", 2, "train-classifier"),
+            EvalStage("sweep", 2, {"none": ("clf", None)}, ("pgd",)),
+            EvalStage("transfer", 2, {"none": ("clf", None)}, ("pgd",), sources=("src",)),
+        ),
+    )
+    cost = {"clf": 100.0, "src": 100.0, "transfer": 5000.0, "sweep": 100.0}
+
+    def status(stage, study, out, args):
+        return study_state.StageStatus(stage.name, stage.group, "x", "pending", "", 0.0,
+                                       cost[stage.name])  # fmt: skip
+
+    monkeypatch.setattr(study_state, "stage_status", status)
+    rows = study_state.study_status(study, OUT, None, budget_hours=1.0)
+    assert {r.name: r.state for r in rows} == {
+        "clf": "pending", "src": "cut", "sweep": "pending", "transfer": "cut",
+    }  # fmt: skip
+    rows = study_state.study_status(study, OUT, None, budget_hours=2.0)
+    assert {r.name: r.state for r in rows} == dict.fromkeys(cost, "pending")
+
+
+def test_a_stage_sets_its_batch_size_and_its_cost_per_image(tmp_path):
+    # AutoAttack on the robust model: small batches (each is committed) and its own prior
+    from training.study_plan import AUTOATTACK_ROBUST_SECONDS_PER_IMAGE, study_plan
+    from training.study_state import eval_status, suite_config
+
+    study = study_plan("cpu-fashion-mnist", 1000, 500)
+    args = study_args(tmp_path / "data", commit=False)
+    robust, plain = study.stage("headline-adv-aa"), study.stage("headline-aa")
+    assert suite_config(robust, tmp_path, args).batch_size == 20
+    assert suite_config(plain, tmp_path, args).batch_size == 100
+    row = eval_status(robust, tmp_path, args)
+    assert row.left_s == pytest.approx(AUTOATTACK_ROBUST_SECONDS_PER_IMAGE * robust.n)
+    assert eval_status(plain, tmp_path, args).left_s < row.left_s / 5
