@@ -11,6 +11,8 @@ and skip samples that are already misclassified.
 from __future__ import annotations
 
 import logging
+import re
+from collections import Counter
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -208,10 +210,35 @@ class Square(Attack):
         return {**super().settings(), "queries": self.queries, "p_init": self.p_init}
 
 
+class _CascadeTally(logging.Handler):
+    """The samples each component of the reference cascade fooled, read from the line it
+    logs per batch of survivors ("apgd-t - 1/1 - 3 out of 17 successfully perturbed"); its
+    warnings (Square fooling what the white-box attacks could not) are kept to pass on."""
+
+    LINE = re.compile(r"^([a-z-]+) - \d+/\d+ - (\d+) out of \d+ successfully perturbed$")
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.fooled: Counter = Counter()
+        self.warnings: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        match = self.LINE.match(message)
+        if match:
+            self.fooled[match[1]] += int(match[2])
+        elif record.levelno >= logging.WARNING:
+            self.warnings.append(message)
+
+
 class AutoAttack(Attack):
     """Standard AutoAttack (Croce & Hein 2020), L-inf, the reference cascade at full
     budget: APGD-CE (100 it.), APGD-T (9 targets x 100 it.), FAB-T (9 x 100 it.), Square
-    (5000 queries); each attack runs only on the samples all earlier ones failed on."""
+    (5000 queries); each attack runs only on the samples all earlier ones failed on.
+
+    After a call ``fooled_by_stage`` counts the samples each component fooled (as the
+    attacked model judges them): Square fooling any after the three white-box attacks is
+    the reference's own sign that their gradients were masked."""
 
     name = "autoattack"
     paper = APGD.paper
@@ -236,7 +263,21 @@ class AutoAttack(Attack):
             x_adv, _ = attack.run_standard_evaluation(x, y, batch_size=x.shape[0])
             return x_adv
 
-        return _isolated_rng(x, run)
+        tally = _CascadeTally()
+        level, propagate = LOGGER.level, LOGGER.propagate
+        LOGGER.addHandler(tally)
+        LOGGER.setLevel(logging.DEBUG)
+        LOGGER.propagate = False  # its debug lines are for the tally only
+        try:
+            x_adv = _isolated_rng(x, run)
+        finally:
+            LOGGER.removeHandler(tally)
+            LOGGER.setLevel(level)
+            LOGGER.propagate = propagate
+        for warning in tally.warnings:
+            LOGGER.warning(warning)
+        self.fooled_by_stage = tally.fooled
+        return x_adv
 
     def settings(self) -> dict[str, Any]:
         return {

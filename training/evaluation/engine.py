@@ -62,12 +62,14 @@ def _attack_survivors(
     budget: Budget,
     surrogates: Sequence[str],
     fooled_by: Counter,
+    fooled_by_stage: Counter,
     tag: str,
     stop_when_fooled: bool = False,
     seed: int = 0,
 ) -> torch.Tensor:
     """Attacks the still-robust samples with each surrogate gradient in turn; returns the
-    mask of samples ``judge`` (the defended pipeline) still classifies correctly."""
+    mask of samples ``judge`` (the defended pipeline) still classifies correctly. A cascade
+    (AutoAttack) also counts what each of its components fooled, in ``fooled_by_stage``."""
     alive = alive.clone()
     shapes: Sequence[str | None] = surrogates if _uses_gradients(attack) else (None,)
     for shape in shapes:
@@ -86,6 +88,8 @@ def _attack_survivors(
         with torch.no_grad():
             still = judge(x_adv).argmax(1) == y[idx]
         fooled_by[f"{tag}{shape or attack}"] += int((~still).sum())
+        for component, count in getattr(adversary, "fooled_by_stage", {}).items():
+            fooled_by_stage[f"{tag}{shape or attack}/{component}"] += count
         alive[idx[~still]] = False
     return alive
 
@@ -100,6 +104,7 @@ class _Tally:
         self.robust_correct = int(record.get("robust_correct", 0))
         self.per_source: Counter = Counter(record.get("per_source", {}))
         self.fooled_by: Counter = Counter(record.get("fooled_by", {}))
+        self.fooled_by_stage: Counter = Counter(record.get("fooled_by_stage", {}))
         self.eot_used: dict[str, int] = dict(record.get("eot_used", {}))
         self.seconds = float(record.get("seconds", 0.0))  # spent before this run
 
@@ -121,6 +126,7 @@ class _Tally:
             "n": n, "batch_size": batch_size, "batches": self.batches,
             "clean_correct": self.clean_correct, "robust_correct": self.robust_correct,
             "per_source": dict(self.per_source), "fooled_by": dict(self.fooled_by),
+            "fooled_by_stage": dict(self.fooled_by_stage),
             "eot_used": self.eot_used, "seconds": round(self.seconds + seconds_now, 3),
         }  # fmt: skip
         tmp = path.with_name(path.name + ".tmp")
@@ -174,7 +180,10 @@ def evaluate(
             correct = pipeline(x).argmax(1) == y
         tally.clean_correct += int(correct.sum())
         fooled_by, eot_used = tally.fooled_by, tally.eot_used
-        kwargs = {"surrogates": surrogates, "fooled_by": fooled_by, "seed": _batch_seed(seed, b)}
+        kwargs = {
+            "surrogates": surrogates, "fooled_by": fooled_by,
+            "fooled_by_stage": tally.fooled_by_stage, "seed": _batch_seed(seed, b),
+        }  # fmt: skip
         if canonical == "transfer":
             survived = correct.clone()
             for name, source in (sources or {}).items():
@@ -213,6 +222,7 @@ def evaluate(
         **report.accuracy_fields("clean", tally.clean_correct, n),
         **report.accuracy_fields("robust", tally.robust_correct, n),
         "fooled_by": dict(tally.fooled_by),
+        **({"fooled_by_stage": dict(tally.fooled_by_stage)} if tally.fooled_by_stage else {}),
         "eot_samples": tally.eot_used,
         "seconds": round(tally.seconds + time.perf_counter() - start, 3),
     }

@@ -8,6 +8,8 @@ fixture asserts, so the attacks are tested against a network whose gradients exi
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from tiny_snn import IMAGE, calibrate, make_blobs
@@ -211,3 +213,17 @@ def test_huge_gradients_still_give_full_steps():
     x_adv = MIFGSM(steep, 0.1, steps=2)(x, y)
     assert torch.isfinite(x_adv).all()
     torch.testing.assert_close(x_adv, torch.full_like(x, 0.6))
+
+
+def test_autoattack_counts_what_each_component_fooled(model, data):
+    x, y = data
+    attack = AutoAttack(model, EPS)
+    x_adv = attack(x, y)
+    with torch.no_grad():
+        correct = model(x).argmax(1) == y
+        fooled = int((correct & (model(x_adv).argmax(1) != y)).sum())
+    stages = attack.fooled_by_stage
+    assert set(stages) <= {"apgd-ce", "apgd-t", "fab-t", "square"}
+    assert stages["apgd-ce"] > 0 and sum(stages.values()) == fooled
+    logger = logging.getLogger("auto-attack")  # left as it was found
+    assert not logger.handlers and logger.propagate and logger.level == logging.NOTSET

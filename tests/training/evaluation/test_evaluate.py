@@ -364,3 +364,17 @@ def test_all_four_defences_are_evaluated(workspace, tmp_path):
     assert threats["purifier"] == threats["purifier+ols"] == "end-to-end"
     summary = (report.out_dir / "summary.md").read_text()
     assert "| purifier+ols |" in summary and "| adv-training (white-box) |" in summary
+
+
+def test_autoattack_result_counts_what_each_component_fooled(workspace):
+    from training.checkpoint import load_model
+
+    model, _ = load_model(workspace / "classifier")
+    x, y = make_blobs(24, seed=12)
+    result = evaluate(Defence("none", model), "end-to-end", "autoattack", x, y,
+                      budget=Budget(0.1), surrogates=["rect1", "ste"], seed=0)  # fmt: skip
+    stages = result["fooled_by_stage"]
+    assert {k.split("/")[0] for k in stages} <= {"rect1", "ste"}
+    assert {k.split("/")[1] for k in stages} <= {"apgd-ce", "apgd-t", "fab-t", "square"}
+    fooled = result["clean_correct"] - result["robust_correct"]
+    assert sum(stages.values()) == sum(result["fooled_by"].values()) == fooled > 0
