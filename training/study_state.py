@@ -303,7 +303,8 @@ def write_results(study: Study, out: Path, args) -> Path:
             keep = ("defence", "threat_model", "attack", "eps", "steps", "n", "purpose",
                     "clean_accuracy", "clean_ci95", "robust_accuracy", "robust_ci95",
                     "seconds", "device")  # fmt: skip
-            evaluation.append({"stage": stage.name, **{k: r.get(k) for k in keep}})
+            stages = {"fooled_by_stage": r["fooled_by_stage"]} if "fooled_by_stage" in r else {}
+            evaluation.append({"stage": stage.name, **{k: r.get(k) for k in keep}, **stages})
     rows = study_status(study, out, args, args.budget_hours)
     payload = {
         "preset": study.preset,

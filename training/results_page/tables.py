@@ -114,6 +114,38 @@ def _square_sentence(rows: list[Row]) -> list[str]:
     return out
 
 
+CASCADE = (("apgd-ce", "APGD-CE"), ("apgd-t", "APGD-T"), ("fab-t", "FAB-T"), ("square", "Square"))
+
+
+def _cascade_sentence(rows: list[Row]) -> list[str]:
+    """What each AutoAttack component fooled (summed over the surrogate gradients), and
+    whether the black-box Square found images the three white-box attacks missed."""
+    out = []
+    for r in rows:
+        stages = (r.result or {}).get("fooled_by_stage") if r.measured else None
+        if r.attack != "autoattack" or not stages:
+            continue
+        fooled = {name: 0 for name, _ in CASCADE}
+        for key, count in stages.items():
+            fooled[key.rsplit("/", 1)[-1]] = fooled.get(key.rsplit("/", 1)[-1], 0) + count
+        listing = ", ".join(f"{label} {fooled[name]}" for name, label in CASCADE)
+        sentence = (
+            f"AutoAttack on {defence_label(r.defence)} ({r.result.get('n')} images): "
+            f"images fooled by each attack of the cascade, in order, {listing}."
+        )
+        if fooled["square"]:
+            share = 100.0 * fooled["square"] / max(int(r.result.get("n") or 1), 1)
+            sentence += (
+                f" Square, a black-box attack, fooled {fooled['square']} that APGD-CE, APGD-T "
+                f"and FAB-T all missed ({share:.1f} points): a sign of partly masked gradients, "
+                "so white-box rows of this defence without Square overstate it."
+            )
+        else:
+            sentence += " Square fooled none the white-box attacks missed."
+        out.append(sentence)
+    return out
+
+
 def _compare_defences(rows: list[Row], attack: str = "apgd-ce") -> list[str]:
     end = {
         r.defence: r
@@ -153,6 +185,7 @@ def headline(data: StudyData) -> list[str]:
         body.append((attack_label(attack), paper.figures(figures), mine or "not in the plan"))
     lines += table(("attack", "paper (purifier)", "this study, purifier (shipped)"), body)
     sentences = _strongest_sentences(rows) + _gap_sentences(rows) + _square_sentence(rows)
+    sentences += _cascade_sentence(rows)
     sentences += _compare_defences(rows)
     lines += ["", " ".join(sentences) if sentences else "No headline row is measured yet.", ""]
     return lines
