@@ -236,16 +236,30 @@ class AutoAttack(Attack):
     budget: APGD-CE (100 it.), APGD-T (9 targets x 100 it.), FAB-T (9 x 100 it.), Square
     (5000 queries); each attack runs only on the samples all earlier ones failed on.
 
+    ``black_box=False`` runs the three white-box attacks only: the evaluation engine runs
+    the whole cascade with the first surrogate gradient and again, without Square, with
+    each further one on the survivors (Square needs no gradient; its 5,000 queries once are
+    the standard budget, a rerun per surrogate would only add restarts of it).
+
     After a call ``fooled_by_stage`` counts the samples each component fooled (as the
     attacked model judges them): Square fooling any after the three white-box attacks is
     the reference's own sign that their gradients were masked."""
 
     name = "autoattack"
     paper = APGD.paper
+    WHITE_BOX = ("apgd-ce", "apgd-t", "fab-t")
 
-    def __init__(self, model: Model, eps: float, *, version: str = "standard", seed: int = 0):
+    def __init__(
+        self,
+        model: Model,
+        eps: float,
+        *,
+        version: str = "standard",
+        black_box: bool = True,
+        seed: int = 0,
+    ):
         super().__init__(model, eps, seed=seed)
-        self.version = version
+        self.version, self.black_box = version, black_box
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.eps == 0:
@@ -258,6 +272,8 @@ class AutoAttack(Attack):
             seed=self.seed,
             device=x.device,
         )
+        if not self.black_box:  # the standard components' settings, Square left out
+            attack.attacks_to_run = [a for a in attack.attacks_to_run if a in self.WHITE_BOX]
 
         def run() -> torch.Tensor:
             x_adv, _ = attack.run_standard_evaluation(x, y, batch_size=x.shape[0])
@@ -284,4 +300,5 @@ class AutoAttack(Attack):
             **super().settings(),
             "version": self.version,
             "components": "apgd-ce(100) apgd-t(9x100) fab-t(9x100) square(5000)",
+            "square": "with the first surrogate gradient only",
         }

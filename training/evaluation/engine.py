@@ -79,6 +79,8 @@ def _attack_survivors(
         adversary = build_attack(
             attack, attacked, budget, stop_when_fooled=stop_when_fooled, seed=seed
         )
+        if shape != shapes[0] and hasattr(adversary, "black_box"):
+            adversary.black_box = False  # a cascade's gradient-free part ran with the first
         with surrogate_gradient(attacked, shape):
             x_adv = adversary(x[idx], y[idx])
         if attack in BOUNDED:

@@ -227,3 +227,11 @@ def test_autoattack_counts_what_each_component_fooled(model, data):
     assert stages["apgd-ce"] > 0 and sum(stages.values()) == fooled
     logger = logging.getLogger("auto-attack")  # left as it was found
     assert not logger.handlers and logger.propagate and logger.level == logging.NOTSET
+
+
+def test_autoattack_without_its_black_box_part_runs_the_white_box_attacks_only(model, data):
+    x, y = data
+    attack = AutoAttack(model, 0.05, black_box=False)
+    attack(x, y)
+    assert "apgd-ce" in attack.fooled_by_stage and "square" not in attack.fooled_by_stage
+    assert set(attack.fooled_by_stage) <= set(AutoAttack.WHITE_BOX)

@@ -378,3 +378,5 @@ def test_autoattack_result_counts_what_each_component_fooled(workspace):
     assert {k.split("/")[1] for k in stages} <= {"apgd-ce", "apgd-t", "fab-t", "square"}
     fooled = result["clean_correct"] - result["robust_correct"]
     assert sum(stages.values()) == sum(result["fooled_by"].values()) == fooled > 0
+    # the whole cascade with the first surrogate; the second runs the white-box part only
+    assert "rect1/square" in stages and "ste/apgd-ce" in stages and "ste/square" not in stages
