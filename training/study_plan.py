@@ -73,9 +73,10 @@ EVAL_SECONDS_PER_IMAGE = {
 }
 DEFAULT_EVAL_SECONDS_PER_IMAGE = 0.2
 # standard AutoAttack on the adversarially trained classifier (62 % robust to APGD-CE): most
-# images survive into APGD-T, FAB-T and Square's 5,000 queries. Its first batch of 100 ran
-# about 2.3 hours at about half a core (78 images correctly classified, all four attacks)
-AUTOATTACK_ROBUST_SECONDS_PER_IMAGE = 42.0
+# images survive into APGD-T, FAB-T and Square's 5,000 queries. Its first batch of 20 took
+# 1,825 core-s (91 per image) with the whole cascade for each of the three surrogates;
+# Square, about 40 % of a cascade, now runs with the first only: about 66 per image
+AUTOATTACK_ROBUST_SECONDS_PER_IMAGE = 66.0
 # a detection stage: APGD-CE classifier-only and end to end, then the two adaptive attacks
 # (100 steps end to end; noise level, residual) at each of their four lambdas, per image and
 # surrogate gradient
@@ -196,11 +197,13 @@ def study_plan(preset_name: str, headline_n: int = 1000, other_n: int = 500) -> 
         TrainStage("clf-k3-adv", 4, "adv-train", description="PGD adversarial training"),
         EvalStage("headline-adv", 4, adv, ("apgd-ce",), ("end-to-end",), eps, n=other_n,
                   sanity=True),
+        EvalStage("headline-purifier-adv", 4, {"purifier+adv": ("clf-k3-adv", "purifier")},
+                  ("apgd-ce",), WHITE_BOX, eps, n=other_n, sanity=True),
+        # after the purifier + adversarial training rows: it checks a row already measured
+        # with APGD-CE, and on the robust model it costs more than all of group 5
         EvalStage("headline-adv-aa", 4, adv, ("autoattack",), ("end-to-end",), eps, n=aa_n,
                   batch_size=20, seconds_per_image=AUTOATTACK_ROBUST_SECONDS_PER_IMAGE,
                   description="standard AutoAttack on a robust model: every stage runs"),
-        EvalStage("headline-purifier-adv", 4, {"purifier+adv": ("clf-k3-adv", "purifier")},
-                  ("apgd-ce",), WHITE_BOX, eps, n=other_n, sanity=True),
         *(
             TrainStage(f"abl-k{k}", 5, "train-classifier",
                        {**ablation, "thresholds": thresholds},

@@ -241,15 +241,19 @@ def stage_status(stage, study: Study, out: Path, args) -> StageStatus:
 
 
 def study_status(study: Study, out: Path, args, budget_hours: float) -> list[StageStatus]:
-    """Every stage's status; stages past the budget (cumulative, in plan order) are cut, and
-    so is an unfinished training stage whose every dependant is cut (its weights would serve
-    no row)."""
+    """Every stage's status. In plan order each unfinished stage gets what is left of the
+    budget: one whose estimate does not fit is cut (what it spent still counts) and the
+    later ones go on in order, so a dear stage does not take the cheaper ones after it down
+    with it. An unfinished training stage whose every dependant is cut is cut too (its
+    weights would serve no row)."""
     rows, total = [], 0.0
     for stage in study.stages:
         row = stage_status(stage, study, out, args)
-        total += row.spent_s + (row.left_s or 0.0)
-        if row.state != "done" and total > budget_hours * 3600:
+        total += row.spent_s
+        if row.state != "done" and total + (row.left_s or 0.0) > budget_hours * 3600:
             row.state = "cut"
+        else:
+            total += row.left_s or 0.0
         rows.append(row)
     state = {row.name: row for row in rows}
     for stage in reversed(study.stages):

@@ -225,7 +225,7 @@ def test_status_of_some_stages_keeps_the_whole_plans_budget(tmp_path, monkeypatc
     assert len(rows) == 1 and " cut " in rows[0]
 
 
-def test_a_training_stage_whose_every_dependant_is_cut_is_cut_too(monkeypatch):
+def test_a_stage_over_the_budget_is_cut_and_the_cheaper_ones_after_it_still_run(monkeypatch):
     # src trains for 100 s and fits the budget, but the only row that needs it does not;
     # clf stays: a row that fits needs it
     from training import study_state
@@ -237,21 +237,29 @@ def test_a_training_stage_whose_every_dependant_is_cut_is_cut_too(monkeypatch):
             TrainStage("src", 2, "train-classifier"),
             EvalStage("sweep", 2, {"none": ("clf", None)}, ("pgd",)),
             EvalStage("transfer", 2, {"none": ("clf", None)}, ("pgd",), sources=("src",)),
+            EvalStage("late", 3, {"none": ("clf", None)}, ("fgsm",)),
         ),
     )
-    cost = {"clf": 100.0, "src": 100.0, "transfer": 5000.0, "sweep": 100.0}
+    cost = {"clf": 100.0, "src": 100.0, "sweep": 100.0, "transfer": 5000.0, "late": 3000.0}
+
+    spent: dict[str, float] = {}
 
     def status(stage, study, out, args):
-        return study_state.StageStatus(stage.name, stage.group, "x", "pending", "", 0.0,
-                                       cost[stage.name])  # fmt: skip
+        return study_state.StageStatus(stage.name, stage.group, "x", "pending", "",
+                                       spent.get(stage.name, 0.0), cost[stage.name])  # fmt: skip
 
     monkeypatch.setattr(study_state, "stage_status", status)
     rows = study_state.study_status(study, OUT, None, budget_hours=1.0)
+    # the dear transfer row is cut; the later row still gets what is left (300 + 3000 s)
     assert {r.name: r.state for r in rows} == {
-        "clf": "pending", "src": "cut", "sweep": "pending", "transfer": "cut",
+        "clf": "pending", "src": "cut", "sweep": "pending", "transfer": "cut", "late": "pending",
     }  # fmt: skip
-    rows = study_state.study_status(study, OUT, None, budget_hours=2.0)
+    rows = study_state.study_status(study, OUT, None, budget_hours=2.5)
     assert {r.name: r.state for r in rows} == dict.fromkeys(cost, "pending")
+    # what a cut stage spent before it was cut still counts: now the later row does not fit
+    spent["transfer"] = 1000.0
+    rows = study_state.study_status(study, OUT, None, budget_hours=1.0)
+    assert [r.name for r in rows if r.state == "cut"] == ["src", "transfer", "late"]
 
 
 def test_a_stage_sets_its_batch_size_and_its_cost_per_image(tmp_path):

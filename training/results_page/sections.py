@@ -336,8 +336,9 @@ def stages(data: StudyData) -> list[str]:
     out += [
         "",
         f"Pending or partial: {', '.join(waiting) if waiting else 'none'}. "
-        f"Cut because the remaining estimate exceeds the study's core-hour budget (a "
-        f"training stage also when every row that needs it is cut): "
+        f"Cut because its estimate did not fit in what the stages before it left of the "
+        f"study's core-hour budget (a training stage also when every row that needs it is "
+        f"cut): "
         f"{', '.join(cut) if cut else 'none'}.",
     ]
     if data.cut_from_plan:
