@@ -146,6 +146,30 @@ def _cascade_sentence(rows: list[Row]) -> list[str]:
     return out
 
 
+def _combination_sentence(rows: list[Row], attack: str = "apgd-ce") -> list[str]:
+    """The paper says the purifier combines with other defences: the purifier in front of
+    the adversarially trained classifier against that classifier alone, end to end."""
+    end = {
+        r.defence: r
+        for r in rows
+        if r.measured and r.attack == attack and r.threat_model in ("end-to-end", "white-box")
+    }
+    both, alone = end.get("purifier+adv"), end.get("adv-training")
+    if both is None or alone is None:
+        return []
+    change = both.robust - alone.robust
+    verdict = (
+        "the 95 % intervals overlap" if overlap(both, alone) else "the intervals do not overlap"
+    )
+    effect = "raises" if change > 0 else "lowers" if change < 0 else "leaves"
+    return [
+        f"Putting the purifier in front of the adversarially trained classifier {effect} its "
+        f"end-to-end robustness under {attack_label(attack)}: {both.robust:.1f} % vs "
+        f"{alone.robust:.1f} % alone ({change:+.1f} points; {verdict}), at "
+        f"{both.result['clean_accuracy']:.1f} % vs {alone.result['clean_accuracy']:.1f} % clean."
+    ]
+
+
 def _compare_defences(rows: list[Row], attack: str = "apgd-ce") -> list[str]:
     end = {
         r.defence: r
@@ -185,7 +209,7 @@ def headline(data: StudyData) -> list[str]:
         body.append((attack_label(attack), paper.figures(figures), mine or "not in the plan"))
     lines += table(("attack", "paper (purifier)", "this study, purifier (shipped)"), body)
     sentences = _strongest_sentences(rows) + _gap_sentences(rows) + _square_sentence(rows)
-    sentences += _cascade_sentence(rows)
+    sentences += _cascade_sentence(rows) + _combination_sentence(rows)
     sentences += _compare_defences(rows)
     lines += ["", " ".join(sentences) if sentences else "No headline row is measured yet.", ""]
     return lines
