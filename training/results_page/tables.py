@@ -17,7 +17,7 @@ from .text import (
     device_cell,
     n_cell,
     not_measured_note,
-    overlap,
+    overlap_verdict,
     pct,
     sort_key,
     table,
@@ -54,9 +54,7 @@ def _gap_sentences(rows: list[Row]) -> list[str]:
         if threat != "classifier-only" or e2e is None:
             continue
         gap = co.robust - e2e.robust
-        verdict = (
-            "the 95 % intervals overlap" if overlap(co, e2e) else "the intervals do not overlap"
-        )
+        verdict = overlap_verdict(co, e2e)
         direction = "overstates" if gap > 0 else "does not overstate"
         out.append(
             f"For {defence_label(defence)} under {attack_label(attack, steps)}, the "
@@ -158,9 +156,7 @@ def _combination_sentence(rows: list[Row], attack: str = "apgd-ce") -> list[str]
     if both is None or alone is None:
         return []
     change = both.robust - alone.robust
-    verdict = (
-        "the 95 % intervals overlap" if overlap(both, alone) else "the intervals do not overlap"
-    )
+    verdict = overlap_verdict(both, alone)
     effect = "raises" if change > 0 else "lowers" if change < 0 else "leaves"
     return [
         f"Putting the purifier in front of the adversarially trained classifier {effect} its "

@@ -83,6 +83,10 @@ def overlap(a: Row, b: Row) -> bool:
     return a.ci[0] <= b.ci[1] and b.ci[0] <= a.ci[1]
 
 
+def overlap_verdict(a: Row, b: Row) -> str:
+    return "the 95 % intervals overlap" if overlap(a, b) else "the intervals do not overlap"
+
+
 def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
