@@ -241,20 +241,20 @@ def stage_status(stage, study: Study, out: Path, args) -> StageStatus:
 
 
 def study_status(study: Study, out: Path, args, budget_hours: float) -> list[StageStatus]:
-    """Every stage's status. In plan order each unfinished stage gets what is left of the
-    budget: one whose estimate does not fit is cut (what it spent still counts) and the
-    later ones go on in order, so a dear stage does not take the cheaper ones after it down
-    with it. An unfinished training stage whose every dependant is cut is cut too (its
-    weights would serve no row)."""
-    rows, total = [], 0.0
-    for stage in study.stages:
-        row = stage_status(stage, study, out, args)
-        total += row.spent_s
-        if row.state != "done" and total + (row.left_s or 0.0) > budget_hours * 3600:
+    """Every stage's status. What every stage has spent is gone from the budget; in plan
+    order each unfinished stage then gets what is left: one whose estimate does not fit is
+    cut and the later ones go on in order, so a dear stage does not take the cheaper ones
+    after it down with it. An unfinished training stage whose every dependant is cut is cut
+    too (its weights would serve no row)."""
+    rows = [stage_status(stage, study, out, args) for stage in study.stages]
+    left = budget_hours * 3600 - sum(row.spent_s for row in rows)
+    for row in rows:
+        if row.state == "done":
+            continue
+        if (row.left_s or 0.0) > left:
             row.state = "cut"
         else:
-            total += row.left_s or 0.0
-        rows.append(row)
+            left -= row.left_s or 0.0
     state = {row.name: row for row in rows}
     for stage in reversed(study.stages):
         dependants = [s.name for s in study.stages if stage.name in s.needs]

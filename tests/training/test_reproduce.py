@@ -256,7 +256,7 @@ def test_a_stage_over_the_budget_is_cut_and_the_cheaper_ones_after_it_still_run(
     }  # fmt: skip
     rows = study_state.study_status(study, OUT, None, budget_hours=2.5)
     assert {r.name: r.state for r in rows} == dict.fromkeys(cost, "pending")
-    # what a cut stage spent before it was cut still counts: now the later row does not fit
+    # what any stage spent, a cut one included, is gone: now the later row does not fit
     spent["transfer"] = 1000.0
     rows = study_state.study_status(study, OUT, None, budget_hours=1.0)
     assert [r.name for r in rows if r.state == "cut"] == ["src", "transfer", "late"]

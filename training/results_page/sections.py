@@ -336,9 +336,9 @@ def stages(data: StudyData) -> list[str]:
     out += [
         "",
         f"Pending or partial: {', '.join(waiting) if waiting else 'none'}. "
-        f"Cut because its estimate did not fit in what the stages before it left of the "
-        f"study's core-hour budget (a training stage also when every row that needs it is "
-        f"cut): "
+        f"Cut because its estimate did not fit in what was left of the study's core-hour "
+        f"budget after every stage's spent time and the estimates of the stages before it (a "
+        f"training stage also when every row that needs it is cut): "
         f"{', '.join(cut) if cut else 'none'}.",
     ]
     if data.cut_from_plan:
