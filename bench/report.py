@@ -371,6 +371,20 @@ def markdown(results: dict) -> str:
         f"{spikes['differ_from_native']}; all outputs bit-identical: "
         f"{spikes['identical_outputs']}; mean spikes per image {spikes['mean_spikes']}.",
     ]
+    if "pytorch" in spikes:
+        torch_, per_image = spikes["pytorch"], sum(spikes["mean_spikes"].values())
+        lines += [
+            "",
+            f"PyTorch against the native kernel: {torch_['images']} of {spikes['images']} "
+            f"images differ, by at most {torch_['largest_count_difference']} spikes in one "
+            f"network's count for an image (of about {per_image:,.0f} per image in both); the "
+            f"predicted labels agree on {torch_['labels_agree']}. PyTorch's convolutions sum "
+            "in another order than ONNX Runtime's, so a membrane potential within rounding of "
+            "a threshold can fire in one and not the other (and the flip travels on through "
+            "the later layers and time steps); the kernel's "
+            "own arithmetic is tested against the PyTorch neuron on the same inputs (tests/"
+            "kernel), values exactly at a threshold included.",
+        ]
     lines += _service_table(results)
     lines += ["", "## Service settings", ""] + recommended_settings(results)
     if results.get("training"):
