@@ -305,7 +305,12 @@ def table1(data: StudyData) -> list[str]:
         values = [r.robust for _, r in measured]
         rising = all(b >= a_ for a_, b in zip(values, values[1:], strict=False))
         k_lo, k_hi = measured[0], measured[-1]
-        claim = "rises with K, as the paper reports" if rising else "does not rise with K"
+        if len(set(values)) == 1:
+            claim = "is the same for every K, so the paper's rise is not seen"
+        elif rising:
+            claim = f"rises with K, as the paper reports ({overlap_verdict(k_lo[1], k_hi[1])})"
+        else:
+            claim = "does not rise with K"
         sentences.append(
             f"{attack_label(a, s)} at ε = {e:g}: robust accuracy {claim} "
             f"(K = {k_lo[0]} {k_lo[1].robust:.1f} %, K = {k_hi[0]} "

@@ -86,6 +86,8 @@ EVALUATION = [
         (47.2, 56.0),
         clean=81.0,
     ),  # fmt: skip
+    _eval("table1-k1", "none", "white-box", "pgd", 0.0, (0.0, 0.8), steps=20, eps=0.2),
+    _eval("table1-k3", "none", "white-box", "pgd", 0.0, (0.0, 0.8), steps=20, eps=0.2),
     _eval("table2", "purifier", "classifier-only", "fgsm", 71.4, (67.3, 75.2)),
     _eval("table2", "purifier", "end-to-end", "fgsm", 44.2, (39.9, 48.6)),
     _eval("figure5-steps", "purifier", "end-to-end", "pgd", 40.6, (36.4, 45.0), steps=5),
@@ -254,10 +256,10 @@ def test_planned_rows_without_results_say_not_yet_measured(page):
     for needles in (("adversarial training", "bpda"), ("purifier (paper", "classifier-only")):
         row = _line(text, *needles)
         assert MISSING in row and "%" not in row.split("|")[6]
-    # about a hundred planned rows; the fixture measures 14 (one of a stage the plan lacks)
+    # about a hundred planned rows; the fixture measures 16 (one of a stage the plan lacks)
     data_rows = sum(1 for line in text.splitlines() if line.startswith("|") and MISSING in line)
     assert data_rows > 50
-    planned = int(re.search(r"14 of (\d+) planned evaluation rows are measured", text)[1])
+    planned = int(re.search(r"16 of (\d+) planned evaluation rows are measured", text)[1])
     assert planned >= 100
     # the 15 rows of the ε sweep, a stage the budget cut, say so
     assert text.count(f"{MISSING} (stage cut)") == 15
@@ -279,6 +281,8 @@ def test_paragraphs_follow_the_numbers(page):
     assert "The strongest measured attack on purifier (shipped) is Square" in text
     assert "more steps never helped the defender" in text
     assert "APGD-CE 42, APGD-T 6, FAB-T 0, Square 3." in text  # summed over surrogates
+    # equal robust accuracy at every K is no rise
+    assert "PGD-20 at ε = 0.2: robust accuracy is the same for every K" in text
     assert (
         "in front of the adversarially trained classifier lowers its end-to-end robustness "
         "under APGD-CE: 51.6 % vs 62.2 % alone (-10.6 points; the intervals do not overlap), "
@@ -334,7 +338,7 @@ def test_an_unknown_preset_shows_the_measured_rows_only(study, tmp_path):
     payload["preset"] = "no-such-preset"
     (study / "results.json").write_text(json.dumps(payload))
     data = load(study)
-    assert len([r for r in data.rows if r.purpose == "table"]) == 14
+    assert len([r for r in data.rows if r.purpose == "table"]) == 16
     text = render_page(study, tmp_path / "r.md", tmp_path / "r")
     assert "could not be read" in text and "28.5 % [25.8, 31.4]" in text
 
