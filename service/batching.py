@@ -242,7 +242,7 @@ class MicroBatcher:
                         job.future.set_exception(exc)
                 return
             for stage, seconds in result.timings.items():
-                self._metrics.stage_duration.labels(stage=stage).observe(seconds)
+                self._metrics.stage[stage].observe(seconds)
             offset = 0
             for job in jobs:
                 rows = slice(offset, offset + job.size)

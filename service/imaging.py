@@ -18,6 +18,7 @@ from .errors import APIError
 
 ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "BMP", "GIF"})
 EXIF_ORIENTATION = 0x0112
+_BYTE_SCALE = np.float32(1.0 / 255.0)
 ORIENTATION_TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,
@@ -158,13 +159,17 @@ def _to_array(image: Image.Image, channels: int, size: tuple[int, int]) -> np.nd
     if image.mode.startswith("I") or image.mode == "F":
         image = _high_depth_to_8bit(image)
     image = _flatten_alpha(image)
-    image = image.convert("L" if channels == 1 else "RGB")
+    mode = "L" if channels == 1 else "RGB"
+    if image.mode != mode:
+        image = image.convert(mode)
     if image.size != size:
         image = image.resize(size, Image.Resampling.BILINEAR)
-    array = np.asarray(image, dtype=np.float32) * (1.0 / 255.0)
+    # the bytes straight into numpy: half the cost of np.asarray's array interface
+    width, height = image.size
+    array = np.frombuffer(image.tobytes(), np.uint8).astype(np.float32) * _BYTE_SCALE
     if channels == 1:
-        return array[None, :, :]
-    return np.ascontiguousarray(array.transpose(2, 0, 1))
+        return array.reshape(1, height, width)
+    return np.ascontiguousarray(array.reshape(height, width, 3).transpose(2, 0, 1))
 
 
 def encode_png(pixels: np.ndarray, size: tuple[int, int] | None = None) -> bytes:

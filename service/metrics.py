@@ -12,6 +12,8 @@ LATENCY_BUCKETS = (
 SPIKE_BUCKETS = tuple(float(10**e * m) for e in range(2, 8) for m in (1, 2.5, 5))
 NOISE_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+STAGES = ("decode", "purify", "classify")
+NETWORKS = ("purifier", "classifier")
 
 
 class Metrics:
@@ -85,9 +87,20 @@ class Metrics:
             ["result"],
             registry=r,
         )
-        for stage in ("decode", "purify", "classify"):
-            self.stage_duration.labels(stage=stage)
-        for network in ("purifier", "classifier"):
-            self.spikes_per_image.labels(network=network)
+        # the children the request path observes, resolved once (``labels()`` costs more
+        # than the observation itself)
+        self.stage = {s: self.stage_duration.labels(stage=s) for s in STAGES}
+        self.spikes = {n: self.spikes_per_image.labels(network=n) for n in NETWORKS}
+        self._request_durations: dict[tuple[str, str], Histogram] = {}
         for result in ("ok", "failed"):
             self.reloads.labels(result=result)
+
+    def request_duration_of(self, endpoint: str, status_class: str) -> Histogram:
+        """``request_duration`` for one route template and status class, cached."""
+        key = (endpoint, status_class)
+        child = self._request_durations.get(key)
+        if child is None:
+            child = self._request_durations[key] = self.request_duration.labels(
+                endpoint=endpoint, status_class=status_class
+            )
+        return child

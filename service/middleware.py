@@ -118,9 +118,9 @@ class RequestMetricsMiddleware:
             self.metrics.inflight.dec()
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "unmatched"
-            self.metrics.request_duration.labels(
-                endpoint=endpoint, status_class=f"{status // 100}xx"
-            ).observe(time.perf_counter() - start)
+            self.metrics.request_duration_of(endpoint, f"{status // 100}xx").observe(
+                time.perf_counter() - start
+            )
 
     async def _drain(self, receive: Receive) -> bool:
         """Reads and discards the rest of the request body; True when it ended within

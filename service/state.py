@@ -188,10 +188,10 @@ class ServiceState:
         if result.purifier_spikes is not None:
             for spikes, noise in zip(result.purifier_spikes, result.noise_level, strict=True):
                 if not math.isnan(spikes):
-                    self.metrics.spikes_per_image.labels(network="purifier").observe(spikes)
+                    self.metrics.spikes["purifier"].observe(spikes)
                     self.metrics.noise_level.observe(noise)
         if result.classifier_spikes is not None:
             for spikes in result.classifier_spikes:
                 if not math.isnan(spikes):
-                    self.metrics.spikes_per_image.labels(network="classifier").observe(spikes)
+                    self.metrics.spikes["classifier"].observe(spikes)
         return job

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import time
 
-import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -59,9 +59,19 @@ class ClassifyResponse(BaseModel):
     timings_ms: Timings
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max())
-    return shifted / shifted.sum()
+def softmax(logits: list[float]) -> list[float]:
+    """Class probabilities of one image's logits. Plain Python floats: for a handful of
+    classes this is several times faster than numpy's per-call overhead."""
+    top = max(logits)
+    shifted = [math.exp(value - top) for value in logits]
+    total = math.fsum(shifted)
+    return [value / total for value in shifted]
+
+
+def ranked(probabilities: list[float], k: int) -> list[int]:
+    """The ``k`` most probable class indices, most probable first; ties keep class order."""
+    order = sorted(range(len(probabilities)), key=probabilities.__getitem__, reverse=True)
+    return order[:k]
 
 
 @router.post(
@@ -78,34 +88,35 @@ async def classify_image(request: Request) -> Response:
     job = await service.infer(runtime, image.pixels[None], purify=purify, classify=True)
     result = job.result
     assert result.logits is not None and result.classifier_spikes is not None
-    probabilities = softmax(result.logits[0].astype(np.float64))
-    names = runtime.manifest.class_names
-    order = np.argsort(-probabilities, kind="stable")[: min(top_k, len(names))]
-    top = [
-        Prediction(label=names[i], class_index=int(i), confidence=float(probabilities[i]))
-        for i in order
-    ]
+    probabilities = softmax(result.logits[0].tolist())
     manifest = runtime.manifest
-    answer = ClassifyResponse(
-        model=ModelRef(name=manifest.name, version=manifest.version),
-        label=top[0].label,
-        class_index=top[0].class_index,
-        confidence=top[0].confidence,
-        top_k=top,
-        purified=purify,
-        noise_level=float(result.noise_level[0]) if purify else None,
-        spikes=Spikes(
-            purifier=int(result.purifier_spikes[0]) if purify else None,
-            classifier=int(result.classifier_spikes[0]),
-        ),
-        timings_ms=Timings(
-            decode=decode_s * 1e3,
-            queue=job.queue_seconds * 1e3,
-            purify=result.timings["purify"] * 1e3 if purify else None,
-            classify=result.timings["classify"] * 1e3,
-            total=(time.perf_counter() - start) * 1e3,
-            batch_size=job.batch_size,
-        ),
+    names = manifest.class_names
+    top = [
+        {"label": names[i], "class_index": i, "confidence": probabilities[i]}
+        for i in ranked(probabilities, min(top_k, len(names)))
+    ]
+    # validated from plain data: about a third of the cost of building the nested models
+    answer = ClassifyResponse.model_validate(
+        {
+            "model": {"name": manifest.name, "version": manifest.version},
+            "label": top[0]["label"],
+            "class_index": top[0]["class_index"],
+            "confidence": top[0]["confidence"],
+            "top_k": top,
+            "purified": purify,
+            "noise_level": float(result.noise_level[0]) if purify else None,
+            "spikes": {
+                "purifier": int(result.purifier_spikes[0]) if purify else None,
+                "classifier": int(result.classifier_spikes[0]),
+            },
+            "timings_ms": {
+                "decode": decode_s * 1e3,
+                "queue": job.queue_seconds * 1e3,
+                "purify": result.timings["purify"] * 1e3 if purify else None,
+                "classify": result.timings["classify"] * 1e3,
+                "total": (time.perf_counter() - start) * 1e3,
+                "batch_size": job.batch_size,
+            },
+        }
     )
-    # serialised here: FastAPI would validate the model it was just built from again
     return Response(answer.model_dump_json(), media_type="application/json")

@@ -125,5 +125,5 @@ async def read_upload(request: Request) -> tuple[ServiceState, Runtime, DecodedI
     else:
         image = await run_in_threadpool(decode)
     seconds = time.perf_counter() - start
-    service.metrics.stage_duration.labels(stage="decode").observe(seconds)
+    service.metrics.stage["decode"].observe(seconds)
     return service, runtime, image, seconds

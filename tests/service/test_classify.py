@@ -153,3 +153,15 @@ def test_exif_orientation_is_respected(client, fashion_images):
     response = client.post("/purify", files=files, params={"size": "original"})
     assert response.status_code == 200, response.text
     assert Image.open(io.BytesIO(response.content)).size == (60, 90)
+
+
+def test_ranking_keeps_class_order_on_ties_and_probabilities_sum_to_one():
+    from service.routes.classify import ranked, softmax
+
+    logits = [0.5, 2.0, 2.0, -1.0, 2.0]
+    probabilities = softmax(logits)
+    expected = np.exp(np.array(logits) - max(logits))
+    np.testing.assert_allclose(probabilities, expected / expected.sum(), rtol=1e-12)
+    assert abs(sum(probabilities) - 1.0) < 1e-12
+    assert ranked(probabilities, 4) == [1, 2, 4, 0]  # the three tied first, in class order
+    assert ranked(softmax([1e4, -1e4]), 5) == [0, 1]  # no overflow, k capped by the classes
