@@ -165,3 +165,17 @@ def test_ranking_keeps_class_order_on_ties_and_probabilities_sum_to_one():
     assert abs(sum(probabilities) - 1.0) < 1e-12
     assert ranked(probabilities, 4) == [1, 2, 4, 0]  # the three tied first, in class order
     assert ranked(softmax([1e4, -1e4]), 5) == [0, 1]  # no overflow, k capped by the classes
+
+
+def test_upload_routes_skip_fastapi_routing_and_stay_documented(tiny_model_dir: Path):
+    from service.app import PlainRoute, create_app
+    from service.config import Settings
+
+    app = create_app(Settings(model_dir=str(tiny_model_dir)))
+    first = [(type(route), route.path) for route in app.router.routes[:2]]
+    assert first == [(PlainRoute, "/classify"), (PlainRoute, "/purify")]
+    paths = app.openapi()["paths"]
+    for path, params in (("/classify", {"purify", "top_k"}), ("/purify", {"size", "output"})):
+        operation = paths[path]["post"]
+        assert "image/png" in operation["requestBody"]["content"]
+        assert {p["name"] for p in operation["parameters"]} == params
