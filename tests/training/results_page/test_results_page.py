@@ -424,3 +424,20 @@ def test_a_lead_that_an_adaptive_attacker_defeats_is_called_so():
     )
     assert "treat it as a lead" not in tested
     assert "undetected by it on 77.0 % [70.7, 82.3] of 200" in tested
+
+
+def test_a_paper_figure_from_one_dataset_is_not_called_a_range():
+    from training.results_page.data import Row
+    from training.results_page.tables import _paper_vs_ours
+
+    def row(robust):
+        result = {"robust_accuracy": robust, "ci95": [robust - 4, robust + 4], "n": 500}
+        return Row("t2", "purifier", "classifier-only", "mifgsm", 0.1, 7, result=result)
+
+    one = {"mifgsm": {"SVHN": None, "CIFAR-100": 37.52}}
+    assert _paper_vs_ours([row(54.2)], one, "classifier-only") == [
+        "MI-FGSM classifier-only: 54.2 % here, above the paper's 37.52 % (its only figure)."
+    ]
+    several = {"mifgsm": {"SVHN": 80.0, "CIFAR-100": 37.52}}
+    (sentence,) = _paper_vs_ours([row(54.2)], several, "classifier-only")
+    assert sentence.endswith("within the paper's range 37.52-80.00 % on its datasets.")
