@@ -113,8 +113,10 @@ class SuiteConfig:
         "one attack's budget field (steps, step_size, restarts, eot_samples, sigma), "
         "e.g. cw.steps=100 (repeatable)", flags=("--budget",), action="append",
         type=budget_item, metavar="ATTACK.FIELD=VALUE"))  # fmt: skip
-    sanity: bool = field(default=True, metadata=cli("skip the sanity checks",
-                                                    flags=("--no-sanity",)))  # fmt: skip
+    sanity: bool = field(default=True, metadata=cli(
+        "skip the large-eps sanity runs (PGD-20 at eps 0.5 per threat model); the checks on "
+        "the results themselves (monotone in eps and steps, transfer weaker than white-box, "
+        "gradients finite and non-zero) always run", flags=("--no-sanity",)))  # fmt: skip
     # more defences by name: (classifier checkpoint, purifier checkpoint or None), e.g. a
     # second purifier or a purifier in front of the adversarially trained classifier
     extra_defences: Mapping[str, Sequence[str | None]] = field(default_factory=dict)

@@ -231,7 +231,9 @@ def run_suite(
     gradient_checks = _gradient_checks(
         config, setup.defences, setup.sources, setup.images, setup.labels, plan
     )
-    checks = report.sanity_checks(results, gradient_checks) if config.sanity else []
+    # the large-eps runs are what --no-sanity skips; the other checks read the results and
+    # gradients at hand and always run
+    checks = report.sanity_checks(results, gradient_checks)
     _write_report(setup, results, checks, gradient_checks, time.perf_counter() - wall_start)
     return SuiteReport(setup.out_dir, results, checks, gradient_checks)
 

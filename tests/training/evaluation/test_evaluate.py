@@ -321,7 +321,10 @@ def test_python_api_runs_without_the_command_line(workspace, tmp_path):
     )  # fmt: skip
     report = run_suite(config, log=lambda line: None)
     assert [r["attack"] for r in report.results] == ["fgsm"]
-    assert (report.out_dir / "summary.md").exists() and report.checks == []
+    assert (report.out_dir / "summary.md").exists()
+    # sanity=False skips the large-eps runs; the checks on what was computed still run
+    assert {c["check"] for c in report.checks} == {"gradients"}
+    assert all(c["passed"] for c in report.checks)
 
 
 def test_compile_puts_the_attacked_neurons_on_the_compiled_kernels(workspace, tmp_path):
