@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import paper
 from .data import MISSING, Row, StudyData, eps_key
-from .text import attack_label, cell, defence_label, pct, sort_key, table
+from .text import attack_label, cell, defence_label, overlap, pct, sort_key, table
 
 
 def _hours(seconds: float | None) -> str:
@@ -140,8 +140,22 @@ def _monotone_sentences(lines: dict[tuple[str, str], list[Row]], axis: str) -> l
             out.append(
                 f"{name}: {what} never helped the defender beyond the intervals "
                 f"({pct(measured[0].robust)} -> {pct(measured[-1].robust)})."
+                + (_convergence(measured[-2], measured[-1]) if axis == "steps" else "")
             )
     return out
+
+
+def _convergence(before: Row, last: Row) -> str:
+    """Whether a PGD step sweep has levelled off at its last two points."""
+    if overlap(before, last):
+        return (
+            f" It levels off: PGD-{before.steps} and PGD-{last.steps} agree within their intervals."
+        )
+    return (
+        f" It is still falling at PGD-{last.steps} ({pct(before.robust)} at PGD-{before.steps}, "
+        "the intervals do not overlap): a longer attack would find more, so the last "
+        "column is an upper bound."
+    )
 
 
 def detection(data: StudyData) -> list[str]:

@@ -431,7 +431,7 @@ def test_a_paper_figure_from_one_dataset_is_not_called_a_range():
     from training.results_page.tables import _paper_vs_ours
 
     def row(robust):
-        result = {"robust_accuracy": robust, "ci95": [robust - 4, robust + 4], "n": 500}
+        result = {"robust_accuracy": robust, "robust_ci95": [robust - 4, robust + 4], "n": 500}
         return Row("t2", "purifier", "classifier-only", "mifgsm", 0.1, 7, result=result)
 
     one = {"mifgsm": {"SVHN": None, "CIFAR-100": 37.52}}
@@ -441,3 +441,25 @@ def test_a_paper_figure_from_one_dataset_is_not_called_a_range():
     several = {"mifgsm": {"SVHN": 80.0, "CIFAR-100": 37.52}}
     (sentence,) = _paper_vs_ours([row(54.2)], several, "classifier-only")
     assert sentence.endswith("within the paper's range 37.52-80.00 % on its datasets.")
+
+
+def test_a_step_sweep_says_whether_it_levelled_off():
+    from training.results_page.data import Row
+    from training.results_page.sections import _monotone_sentences
+
+    def row(steps, robust, half=3.0):
+        result = {
+            "robust_accuracy": robust,
+            "robust_ci95": [robust - half, robust + half],
+            "n": 500,
+        }
+        return Row("f5", "purifier", "end-to-end", "pgd", 0.1, steps, result=result)
+
+    falling = [row(5, 37.0), row(10, 26.8), row(20, 12.0), row(50, 6.4, half=2.0)]
+    (sentence,) = _monotone_sentences({("purifier", "end-to-end"): falling}, "steps")
+    assert "still falling at PGD-50 (12.0 % at PGD-20" in sentence
+    flat = [row(5, 62.0), row(20, 57.8), row(50, 56.4)]
+    (sentence,) = _monotone_sentences({("purifier", "classifier-only"): flat}, "steps")
+    assert "levels off: PGD-20 and PGD-50 agree" in sentence
+    (eps_sentence,) = _monotone_sentences({("purifier", "end-to-end"): falling}, "eps")
+    assert "levels off" not in eps_sentence and "still falling" not in eps_sentence
