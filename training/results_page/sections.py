@@ -406,7 +406,37 @@ def sanity(data: StudyData) -> list[str]:
         ]
     elif any(r.measured for r in rows):
         out += ["", "Every measured large-ε row leaves at most 5 % (lower end of its interval)."]
-    return out + [""]
+    return out + ["", *_result_checks(data.root), ""]
+
+
+CHECK_LABELS = {
+    "monotone-eps": "robust accuracy does not rise with ε",
+    "monotone-steps": "robust accuracy does not rise with more steps",
+    "transfer-weaker": "a transfer attack is not stronger than the white-box one",
+    "gradients": "input gradients are finite and non-zero",
+}
+
+
+def _result_checks(root: Path) -> list[str]:
+    """The checks each evaluation ran on its own results (``eval/<stage>/sanity.json``)."""
+    counts: dict[str, int] = defaultdict(int)
+    failed: list[str] = []
+    stages = 0
+    for path in sorted((root / "eval").glob("*/sanity.json")):
+        checks = json.loads(path.read_text()).get("checks", [])
+        checks = [c for c in checks if c["check"] != "large-eps"]  # the table above
+        stages += bool(checks)
+        for c in checks:
+            counts[c["check"]] += 1
+            if not c["passed"]:
+                failed.append(f"{path.parent.name}: {c['detail']}")
+    if not counts:
+        return ["No evaluation has checked its results yet."]
+    kinds = "; ".join(f"{CHECK_LABELS.get(k, k)}: {n}" for k, n in sorted(counts.items()))
+    line = f"Checks each evaluation ran on its own results, in {stages} stages ({kinds}): "
+    if failed:
+        return [line + f"{len(failed)} FAILED: " + "; ".join(failed) + "."]
+    return [line + "all pass."]
 
 
 def _best_epoch(study: Path, stage: str, score: str) -> dict | None:

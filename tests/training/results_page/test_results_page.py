@@ -463,3 +463,16 @@ def test_a_step_sweep_says_whether_it_levelled_off():
     assert "levels off: PGD-20 and PGD-50 agree" in sentence
     (eps_sentence,) = _monotone_sentences({("purifier", "end-to-end"): falling}, "eps")
     assert "levels off" not in eps_sentence and "still falling" not in eps_sentence
+
+
+def test_the_checks_each_evaluation_ran_are_summed_up_and_failures_named(study, tmp_path):
+    stage = study / "eval" / "figure5-steps"
+    stage.mkdir(parents=True, exist_ok=True)
+    ok = {"check": "gradients", "passed": True, "detail": "fine"}
+    bad = {"check": "monotone-steps", "passed": False, "detail": "purifier/end-to-end rises"}
+    (stage / "sanity.json").write_text(json.dumps({"failed": 0, "checks": [ok]}))
+    text = render_page(study, tmp_path / "r.md", tmp_path / "r")
+    assert "(input gradients are finite and non-zero: 1): all pass." in text
+    (stage / "sanity.json").write_text(json.dumps({"failed": 1, "checks": [ok, bad]}))
+    text = render_page(study, tmp_path / "r.md", tmp_path / "r")
+    assert "1 FAILED: figure5-steps: purifier/end-to-end rises." in text
