@@ -187,8 +187,11 @@ def detection_block(
     return out
 
 
-def _rounded(values: np.ndarray) -> list[float]:
-    return [float(f"{v:.6g}") for v in np.asarray(values, float)]
+def _per_image(values: np.ndarray) -> list[float]:
+    """Per-image scores at full precision: the thresholds and rates in the summary are
+    computed from these exact values, so a reader recomputing them from the file gets the
+    same answer (rounded scores could land on the other side of a threshold)."""
+    return [float(v) for v in np.asarray(values, float)]
 
 
 PER_IMAGE = ("fooled", "scores", "clean_scores")
@@ -337,8 +340,8 @@ def _run_setting(defence, clean: _Clean, item, config: DetectionConfig, settings
         "device": _device_name(device), "attack_settings": attack_settings, "settings": settings,
         "detection": detection_block(clean, scores, fooled, config.fpr), **extra,
         "fooled": [int(i) for i in np.flatnonzero(fooled)],
-        "scores": {k: _rounded(v) for k, v in scores.items()},
-        "clean_scores": {k: _rounded(v) for k, v in clean.scores.items()},
+        "scores": {k: _per_image(v) for k, v in scores.items()},
+        "clean_scores": {k: _per_image(v) for k, v in clean.scores.items()},
     }  # fmt: skip
 
 

@@ -146,7 +146,7 @@ def test_the_threshold_keeps_five_percent_fpr_on_its_clean_images(study):
     clean = np.array(r["clean_scores"]["mean"])[0::2]
     t = summary["thresholds"]["mean"]
     assert (clean > t).mean() <= 0.05
-    assert t == pytest.approx(stats.threshold_at_fpr(clean, 0.05), rel=1e-5)
+    assert t == stats.threshold_at_fpr(clean, 0.05)  # the file holds the exact scores
 
 
 def test_reported_auc_is_the_auc_of_the_stored_scores(study):
