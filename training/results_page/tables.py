@@ -264,13 +264,16 @@ def _paper_vs_ours(rows: list[Row], figures: dict, threat: str) -> list[str]:
         if r.threat_model != threat or not given:
             continue
         lo, hi = min(given), max(given)
-        label = f"{attack_label(r.attack)} {threat}: {r.robust:.1f} % here"
-        if lo == hi:  # one dataset gives the figure
-            where = "equal to" if r.robust == lo else ("below" if r.robust < lo else "above")
-            out.append(f"{label}, {where} the paper's {lo:.2f} % (its only figure).")
-            continue
-        where = "within" if lo <= r.robust <= hi else ("below" if r.robust < lo else "above")
-        out.append(f"{label}, {where} the paper's range {lo:.2f}-{hi:.2f} % on its datasets.")
+        inside = "equal to" if lo == hi else "within"  # one dataset, or a range over several
+        where = "below" if r.robust < lo else "above" if r.robust > hi else inside
+        paper_figures = (
+            f"the paper's {lo:.2f} % (its only figure)"
+            if lo == hi
+            else f"the paper's range {lo:.2f}-{hi:.2f} % on its datasets"
+        )
+        out.append(
+            f"{attack_label(r.attack)} {threat}: {r.robust:.1f} % here, {where} {paper_figures}."
+        )
     return out
 
 
