@@ -1,16 +1,22 @@
 """Dynamic micro-batching.
 
 Requests put a ``Job`` (one or more images and what to do with them) on a bounded queue
-and await its future. One worker task waits for a free inference stream, takes the first
-waiting job, gathers more until the batch holds ``max_batch_size`` images or
-``batch_wait_ms`` has passed since the first was taken, and runs the batch on the stream's
-thread, so the event loop keeps accepting and decoding requests meanwhile. ``streams``
-batches run at once, each on its own thread (the sessions are shared: ONNX Runtime runs
-one session from several threads): on CPU the bare pipeline runs faster as one batch per
-thread, one ORT thread each, than as one batch split over all threads
-(``docs/benchmarks.md``). While every stream is busy, jobs queue
-and form the next batch. A full queue refuses new jobs at once (``Overloaded``) instead of
-letting latency grow without bound.
+and await its future. ``streams`` inference threads take batches from that queue
+themselves: a free stream takes the first waiting job, gathers more until the batch holds
+``max_batch_size`` images or ``batch_wait_ms`` has passed since the first was taken, runs
+the batch and hands the results back to the event loop in one callback, then takes the
+next batch at once. One free stream gathers at a time; the others run their batches
+meanwhile (the sessions are shared: ONNX Runtime runs one session from several threads).
+On CPU the bare pipeline runs faster as one batch per thread, one ORT thread each, than as
+one batch split over all threads (``docs/benchmarks.md``).
+
+The streams pull rather than being handed batches by the event loop: a stream that comes
+free never waits for the loop to get round to it (the loop may be busy answering the batch
+that just finished and reading the next requests: ~5 ms on 2 cores at concurrency 32, when
+a batch runs ~25 ms), and the loop does nothing per batch but resolve its futures.
+
+A full queue refuses new jobs at once (``Overloaded``) instead of letting latency grow
+without bound.
 
 A job names the model it runs on (the ``Runtime`` its request started with): a batch holds
 jobs of one model only, so a reload that swaps the model never runs a request's images
@@ -22,9 +28,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,45 +87,49 @@ class MicroBatcher:
         self._metrics = metrics
         self.max_batch_size = max_batch_size
         self._wait = batch_wait_ms / 1000.0
-        self._queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=queue_size)
-        self._carried: Job | None = None  # taken from the queue but did not fit the last batch
-        self._forming: list[Job] = []  # the batch being gathered
-        self._queued_images = 0  # in the jobs on the queue and the carried one
+        self._queue_size = queue_size
         self.streams = streams
-        self._free = asyncio.Semaphore(streams)  # streams not running a batch
-        self._executor = ThreadPoolExecutor(max_workers=streams, thread_name_prefix="inference")
-        self._task: asyncio.Task | None = None
-        self._batches: dict[asyncio.Task, list[Job]] = {}  # running, with their jobs
+        # the queue and everything below it are guarded by the condition's lock; the
+        # gathering stream waits on it for jobs
+        self._ready = threading.Condition()
+        self._jobs: deque[Job] = deque()
+        self._queued_images = 0  # in the queued jobs
+        self._held: dict[int, list[Job]] = {}  # each stream's batch, forming or running
+        self._stopping = False
+        self._gathering = threading.Lock()  # held by the one free stream that gathers
+        self._threads: list[threading.Thread] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._worker(), name="batcher")
+        self._loop = asyncio.get_running_loop()
+        self._threads = [
+            threading.Thread(
+                target=self._stream, args=(index,), name=f"inference-{index}", daemon=True
+            )
+            for index in range(self.streams)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        running = list(self._batches.items())
-        for task, _ in running:
-            task.cancel()
-        await asyncio.gather(*(task for task, _ in running), return_exceptions=True)
-        in_flight = [job for _, jobs in running for job in jobs] + self._forming
-        for job in in_flight + self._drain():
+        """Refuses the queued jobs and those of the batches being gathered or run with
+        ``Overloaded``, and returns once every stream thread has ended (a running batch
+        first finishes; its results are dropped)."""
+        with self._ready:
+            self._stopping = True
+            jobs = [job for batch in self._held.values() for job in batch] + list(self._jobs)
+            self._jobs.clear()
+            self._queued_images = 0
+            self._ready.notify_all()
+        for job in jobs:
             if not job.future.done():
                 job.future.set_exception(Overloaded("the service is shutting down"))
-        self._executor.shutdown(wait=True)
-
-    def _drain(self) -> list[Job]:
-        jobs = [self._carried] if self._carried else []
-        self._carried = None
-        while not self._queue.empty():
-            jobs.append(self._queue.get_nowait())
-        self._queued_images = 0
-        return jobs
+        while any(thread.is_alive() for thread in self._threads):
+            await asyncio.sleep(0.005)
 
     @property
     def depth(self) -> int:
-        return self._queue.qsize() + (1 if self._carried else 0)
+        return len(self._jobs)
 
     async def submit(
         self,
@@ -134,15 +145,17 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         job = Job(images, purify, classify, future, model)
-        try:
-            self._queue.put_nowait(job)
-        except asyncio.QueueFull:
-            raise Overloaded(
-                f"the inference queue is full ({self._queue.maxsize} waiting)"
-            ) from None
-        self._queued_images += job.size
-        self._metrics.queue_depth.set(self.depth)
-        # on timeout the job's future fails, and the worker skips it (a bare timer: about
+        with self._ready:
+            if self._stopping:
+                raise Overloaded("the service is shutting down")
+            if len(self._jobs) >= self._queue_size:
+                raise Overloaded(f"the inference queue is full ({self._queue_size} waiting)")
+            self._jobs.append(job)
+            self._queued_images += job.size
+            depth = len(self._jobs)
+            self._ready.notify()
+        self._metrics.queue_depth.set(depth)
+        # on timeout the job's future fails, and the stream skips it (a bare timer: about
         # a third of what ``asyncio.timeout``'s context costs per request)
         timer = loop.call_later(timeout, _expire, future)
         try:
@@ -150,35 +163,21 @@ class MicroBatcher:
         finally:
             timer.cancel()
 
-    async def _next_job(self, deadline: float | None) -> Job | None:
-        """The next job, waiting until ``deadline`` (forever if None); None at the deadline."""
-        job = await self._take_job(deadline)
-        if job is not None:
-            self._queued_images -= job.size
-        return job
+    # ----------------------------------------------------------------- stream threads
 
-    async def _take_job(self, deadline: float | None) -> Job | None:
-        """``_next_job`` but for the count of queued images.
-
-        ``asyncio.timeout`` rather than ``wait_for``: on Python 3.11, ``wait_for`` swallows
-        a cancellation that arrives as the queue hands over an item, and ``stop()`` would
-        then wait forever."""
-        if self._carried is not None:
-            job, self._carried = self._carried, None
-            return job
-        if deadline is None:
-            return await self._queue.get()
-        remaining = deadline - time.perf_counter()
-        if remaining <= 0:
-            try:
-                return self._queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return None
-        try:
-            async with asyncio.timeout(remaining):
-                return await self._queue.get()
-        except TimeoutError:
-            return None
+    def _stream(self, index: int) -> None:
+        while True:
+            with self._gathering:
+                jobs = self._gather(index)
+            if jobs is None:
+                return
+            # a job that timed out while it waited is not run (``done`` read from this
+            # thread is a hint: a job that times out later is run and its result dropped)
+            jobs = [job for job in jobs if not job.future.done()]
+            if jobs:
+                self._answer_from_thread(jobs, self._run(jobs))
+            with self._ready:
+                self._held.pop(index, None)
 
     def _share(self, first: Job) -> int:
         """The images this batch may take: ``max_batch_size``, and with several streams and
@@ -192,72 +191,80 @@ class MicroBatcher:
         share = -(-queued // self.streams)  # ceil
         return max(1, min(self.max_batch_size, share))
 
-    async def _gather(self) -> list[Job]:
-        first = await self._next_job(None)
-        jobs, images = [first], first.size
-        self._forming = jobs
-        limit = self._share(first)
-        deadline = time.perf_counter() + self._wait
-        while images < limit:
-            job = await self._next_job(deadline)
-            if job is None:
-                break
-            if images + job.size > limit or job.model is not first.model:
-                self._carried = job
-                self._queued_images += job.size
-                break
-            jobs.append(job)
-            images += job.size
-        self._forming = []
-        return [job for job in jobs if not job.future.done()]
+    def _gather(self, index: int) -> list[Job] | None:
+        """The next batch (its jobs); None once the batcher stops."""
+        with self._ready:
+            while not self._jobs and not self._stopping:
+                self._ready.wait()
+            if self._stopping:
+                return None
+            first = self._jobs.popleft()
+            self._queued_images -= first.size
+            jobs, images = [first], first.size
+            self._held[index] = jobs
+            limit = self._share(first)
+            deadline = time.perf_counter() + self._wait
+            while images < limit and not self._stopping:
+                if not self._jobs:
+                    remaining = deadline - time.perf_counter()
+                    if remaining <= 0:
+                        break
+                    self._ready.wait(remaining)
+                    continue
+                job = self._jobs[0]
+                if images + job.size > limit or job.model is not first.model:
+                    break  # it starts the next batch
+                self._jobs.popleft()
+                self._queued_images -= job.size
+                jobs.append(job)
+                images += job.size
+            if self._stopping:
+                return None  # stop() answers the held jobs
+            depth = len(self._jobs)
+        self._metrics.queue_depth.set(depth)
+        return jobs
 
-    async def _worker(self) -> None:
-        while True:
-            await self._free.acquire()
-            try:
-                jobs = await self._gather()
-            except BaseException:
-                self._free.release()
-                raise
-            self._metrics.queue_depth.set(self.depth)
-            if not jobs:
-                self._free.release()
-                continue
-            task = asyncio.get_running_loop().create_task(self._run(jobs), name="batch")
-            self._batches[task] = jobs
-            task.add_done_callback(self._batches.pop)
-
-    async def _run(self, jobs: list[Job]) -> None:
-        """Runs one batch on a free stream's thread and answers its jobs."""
+    def _run(self, jobs: list[Job]) -> list[JobResult] | BaseException:
+        """Runs one batch; each job's results, or what the batch raised."""
+        started = time.perf_counter()
+        images = np.concatenate([job.images for job in jobs]) if len(jobs) > 1 else None
+        images = jobs[0].images if images is None else images
+        sizes = [job.size for job in jobs]
+        purify = np.repeat([job.purify for job in jobs], sizes)
+        classify = np.repeat([job.classify for job in jobs], sizes)
+        self._metrics.batch_size.observe(len(images))
         try:
-            started = time.perf_counter()
-            images = np.concatenate([job.images for job in jobs]) if len(jobs) > 1 else None
-            images = jobs[0].images if images is None else images
-            purify = np.repeat([job.purify for job in jobs], [job.size for job in jobs])
-            classify = np.repeat([job.classify for job in jobs], [job.size for job in jobs])
-            self._metrics.batch_size.observe(len(images))
-            try:
-                result = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self._run_batch, jobs[0].model, images, purify, classify
-                )
-            except Exception as exc:
-                log.exception("inference failed on a batch of %d images", len(images))
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
-                return
-            for stage, seconds in result.timings.items():
-                self._metrics.stage[stage].observe(seconds)
-            offset = 0
-            for job in jobs:
-                rows = slice(offset, offset + job.size)
-                offset += job.size
-                if not job.future.done():
-                    job.future.set_result(
-                        JobResult(_rows(result, rows), len(images), started - job.enqueued)
-                    )
-        finally:
-            self._free.release()
+            result = self._run_batch(jobs[0].model, images, purify, classify)
+        except BaseException as exc:  # answered, and the stream goes on
+            log.exception("inference failed on a batch of %d images", len(images))
+            return exc
+        for stage, seconds in result.timings.items():
+            self._metrics.stage[stage].observe(seconds)
+        answers, offset = [], 0
+        for job in jobs:
+            rows = slice(offset, offset + job.size)
+            offset += job.size
+            answers.append(JobResult(_rows(result, rows), len(images), started - job.enqueued))
+        return answers
+
+    def _answer_from_thread(
+        self, jobs: list[Job], outcome: list[JobResult] | BaseException
+    ) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting
+            self._loop.call_soon_threadsafe(_answer, jobs, outcome)
+
+
+def _answer(jobs: list[Job], outcome: list[JobResult] | BaseException) -> None:
+    """On the event loop: resolves the futures of a batch's jobs (those not yet answered by
+    a timeout or stop())."""
+    for i, job in enumerate(jobs):
+        if job.future.done():
+            continue
+        if isinstance(outcome, BaseException):
+            job.future.set_exception(outcome)
+        else:
+            job.future.set_result(outcome[i])
 
 
 def _expire(future: asyncio.Future) -> None:
