@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
-from starlette.routing import Match, Route
-from starlette.types import Scope
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import __version__
 from .config import Settings
@@ -31,9 +33,10 @@ log = logging.getLogger("spikeguard.service")
 UPLOAD_OVERHEAD_BYTES = 64 * 1024
 
 # The upload routes take nothing but the request and parse it themselves (routes/uploads.py).
-# Served as plain Starlette routes they skip FastAPI's per-request dependency solving and
-# route bookkeeping, which cost about as much event-loop time as the rest of a /classify
-# (measured in-process: ~0.3 ms of ~0.75 ms). Their schema comes from the FastAPI routes.
+# Their POSTs skip FastAPI's and Starlette's middleware stack, routing and dependency
+# solving (``ServiceApp.__call__``): those layers cost the event loop about as much as the
+# rest of a /classify. Their schema comes from the FastAPI routes, which still answer every
+# other method at these paths.
 PLAIN_ROUTES = ("/classify", "/purify")
 
 # FastAPI's own OpenTelemetry instrumentation checks the global providers on every request;
@@ -71,7 +74,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     service = ServiceState(settings)
-    app = FastAPI(
+    app = ServiceApp(
         title="spikeguard",
         summary="Purified classification: a spiking purifier in front of a spiking classifier",
         version=__version__,
@@ -88,44 +91,80 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (classify, purify, health, metrics, demo):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     app.include_router(v2.router, responses=V2_ERROR_RESPONSES)
-    _serve_plain(app, PLAIN_ROUTES, [classify.router, purify.router])
-    app.add_middleware(
-        RequestMetricsMiddleware,
-        metrics=service.metrics,
+    request_limits = {
+        "metrics": service.metrics,
         # an upload with its framing, or a V2 infer body when that limit is set higher
-        max_body_bytes=max(
+        "max_body_bytes": max(
             settings.max_upload_bytes + UPLOAD_OVERHEAD_BYTES, settings.max_infer_body_bytes or 0
         ),
-        drain_bytes=settings.reject_drain_bytes,
-        drain_seconds=settings.reject_drain_s,
-    )
+        "drain_bytes": settings.reject_drain_bytes,
+        "drain_seconds": settings.reject_drain_s,
+    }
+    app.add_middleware(RequestMetricsMiddleware, **request_limits)
+    app.serve_plain(PLAIN_ROUTES, [classify.router, purify.router], request_limits)
     return app
 
 
-class PlainRoute(Route):
-    """A Starlette route that names itself in the scope as FastAPI's routes do: the request
-    metrics label a request by its route's path template (``scope["route"]``)."""
+class ServiceApp(FastAPI):
+    """The FastAPI application, but for the POSTs to ``serve_plain``'s paths: those go from
+    the server straight to ``RequestMetricsMiddleware`` (the body limit, the request metrics)
+    and the route's endpoint, whose exceptions the app's own exception handlers answer, as
+    they would behind FastAPI's stack. Everything else (other paths and methods, lifespan)
+    is FastAPI's."""
 
-    def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        match, child_scope = super().matches(scope)
-        if match is not Match.NONE:
-            child_scope["route"] = self
-        return match, child_scope
+    _plain: dict[str, APIRoute]
+    _plain_app: ASGIApp
 
+    def serve_plain(
+        self, paths: tuple[str, ...], routers: list[APIRouter], request_limits: dict
+    ) -> None:
+        """Serves POSTs to ``paths`` (routes of ``routers``, included in the app, whose
+        endpoint is ``endpoint(request) -> Response``) past the framework, with a
+        ``RequestMetricsMiddleware`` built from ``request_limits``. The OpenAPI schema is
+        built first (it is cached on the app) so that it documents the routes as FastAPI
+        sees them."""
+        self.openapi()
+        found = {
+            route.path: route
+            for router in routers
+            for route in router.routes
+            if isinstance(route, APIRoute) and route.path in paths and "POST" in route.methods
+        }
+        if set(found) != set(paths):
+            raise RuntimeError(f"no FastAPI POST route for some of {paths}")
+        self._plain = found
+        self._plain_app = RequestMetricsMiddleware(self._endpoint, **request_limits)
 
-def _serve_plain(app: FastAPI, paths: tuple[str, ...], routers: list[APIRouter]) -> None:
-    """Puts plain Starlette routes to the endpoints of ``routers``' routes at ``paths``
-    (``endpoint(request) -> Response``) in front of every other route, once the OpenAPI
-    schema has been built from the FastAPI routes (it is cached on the app: ``/openapi.json``
-    and ``/docs`` still document them). A request for another method at such a path falls
-    through to the FastAPI route's own 405."""
-    app.openapi()
-    plain = [
-        PlainRoute(route.path, route.endpoint, methods=sorted(route.methods), name=route.name)
-        for router in routers
-        for route in router.routes
-        if isinstance(route, APIRoute) and route.path in paths
-    ]
-    if {route.path for route in plain} != set(paths):
-        raise RuntimeError(f"no FastAPI route for some of {paths}")
-    app.router.routes[:0] = plain
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        plain = getattr(self, "_plain", None)
+        if (
+            plain
+            and scope["type"] == "http"
+            and scope["method"] == "POST"
+            and not scope.get("root_path")
+            and not self.root_path
+            and (route := plain.get(scope["path"])) is not None
+        ):
+            scope["app"] = self
+            scope["route"] = route  # the request metrics label requests by its path
+            await self._plain_app(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+    async def _endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        try:
+            response = await scope["route"].endpoint(request)
+        except Exception as exc:
+            response = await self._handle(request, exc)
+        await response(scope, receive, send)
+
+    async def _handle(self, request: Request, exc: Exception) -> Response:
+        """The app's exception handler for ``exc`` (the most specific registered class);
+        ``Exception``'s handler logs and answers 500."""
+        for cls in type(exc).__mro__:
+            handler = self.exception_handlers.get(cls)
+            if handler is not None:
+                answer = handler(request, exc)
+                return await answer if inspect.isawaitable(answer) else answer
+        raise exc

@@ -167,15 +167,60 @@ def test_ranking_keeps_class_order_on_ties_and_probabilities_sum_to_one():
     assert ranked(softmax([1e4, -1e4]), 5) == [0, 1]  # no overflow, k capped by the classes
 
 
-def test_upload_routes_skip_fastapi_routing_and_stay_documented(tiny_model_dir: Path):
-    from service.app import PlainRoute, create_app
-    from service.config import Settings
+def test_upload_routes_skip_fastapi_routing_and_stay_documented(make_client, fashion_png):
+    """POSTs to the upload routes bypass FastAPI's middleware stack (and only they: another
+    method at the same path gets FastAPI's 405); the schema still documents them."""
+    client = make_client()
+    app = client.app
+    entered: list[str] = []
+    stack = app.middleware_stack
 
-    app = create_app(Settings(model_dir=str(tiny_model_dir)))
-    first = [(type(route), route.path) for route in app.router.routes[:2]]
-    assert first == [(PlainRoute, "/classify"), (PlainRoute, "/purify")]
+    async def counting(scope, receive, send):
+        entered.append(f"{scope['method']} {scope['path']}")
+        await stack(scope, receive, send)
+
+    app.middleware_stack = counting
+    try:
+        assert client.post("/classify", files={"file": ("x.png", fashion_png)}).status_code == 200
+        purified = client.post(
+            "/purify", content=fashion_png, headers={"content-type": "image/png"}
+        )
+        assert purified.status_code == 200
+        assert entered == []
+        refused = client.get("/classify")
+        assert refused.status_code == 405
+        assert refused.json()["error"]["code"] == "method_not_allowed"
+        assert entered == ["GET /classify"]
+    finally:
+        app.middleware_stack = stack
     paths = app.openapi()["paths"]
     for path, params in (("/classify", {"purify", "top_k"}), ("/purify", {"size", "output"})):
         operation = paths[path]["post"]
         assert "image/png" in operation["requestBody"]["content"]
         assert {p["name"] for p in operation["parameters"]} == params
+
+
+def test_upload_route_failure_answers_json_500_and_is_counted(make_client, fashion_png):
+    """An unexpected error in an upload route (served past FastAPI's stack) gets the app's
+    500 handler: the JSON error shape, counted as a 5xx of its route; the next request is
+    served."""
+    client = make_client()
+    service = client.app.state.service
+    real_infer = service.infer
+
+    async def broken_infer(*args, **kwargs):
+        raise RuntimeError("a fault inside the route")
+
+    service.infer = broken_infer
+    try:
+        response = client.post("/classify", files={"file": ("x.png", fashion_png)})
+    finally:
+        service.infer = real_infer
+    assert response.status_code == 500
+    assert response.json() == {"error": {"code": "internal", "message": "internal server error"}}
+    metrics = client.get("/metrics").text
+    assert (
+        'spikeguard_request_duration_seconds_count{endpoint="/classify",status_class="5xx"} 1.0'
+        in metrics
+    )
+    assert client.post("/classify", files={"file": ("x.png", fashion_png)}).status_code == 200
