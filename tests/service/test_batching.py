@@ -321,3 +321,47 @@ def test_inference_timeout_answers_503(make_client, fashion_png):
     assert response.headers["Retry-After"]
     batcher._run_batch = real_run
     assert client.post("/classify", files={"file": ("x.png", fashion_png)}).status_code == 200
+
+
+def test_a_free_stream_starts_its_next_batch_while_the_event_loop_is_busy():
+    """The streams take their batches themselves: with the event loop blocked (as when it
+    answers one batch and reads the next requests), a stream that finishes a batch starts
+    the next queued one at once instead of waiting for the loop to hand it over."""
+    started: list[float] = []
+    gate = threading.Event()
+
+    def run(model, images, purify, classify):
+        started.append(time.perf_counter())
+        if len(started) == 1:
+            gate.wait(5)
+        return echo_batch([])(model, images, purify, classify)
+
+    async def main():
+        batcher = MicroBatcher(
+            run, Metrics(), max_batch_size=1, batch_wait_ms=0, queue_size=8, streams=1
+        )
+        batcher.start()
+        try:
+            jobs = [
+                asyncio.ensure_future(
+                    batcher.submit(image(v), purify=False, classify=True, timeout=5)
+                )
+                for v in (0.1, 0.2, 0.3)
+            ]
+            while not started:  # the first batch is held in the model, two jobs queue
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
+            gate.set()
+            time.sleep(0.5)  # the event loop is busy (blocked) for half a second
+            unblocked = time.perf_counter()
+            results = await asyncio.gather(*jobs)
+            return unblocked, results
+        finally:
+            gate.set()
+            await batcher.stop()
+
+    unblocked, results = asyncio.run(main())
+    assert len(started) == 3
+    assert started[2] < unblocked, "the queued batches waited for the event loop"
+    for v, result in zip((0.1, 0.2, 0.3), results, strict=True):
+        np.testing.assert_allclose(result.result.logits[:, 0], [v], rtol=1e-6)
