@@ -16,7 +16,8 @@ shared, loaded machine; variants are interleaved round by round and medians repo
   spends its time (profiler) before and after;
 * purifier -> classifier images/s by batch size for each form, and PyTorch eager when the
   weights are known; the native form also as the service runs it by default, one batch per
-  thread on every thread at once (``native_streams``); spike counts of every form (and
+  thread on every thread at once (``native_streams``) and on one thread alone
+  (``native_1thread``: what the other threads add); spike counts of every form (and
   PyTorch) on 1,000 test images;
 * the service end to end (``bench/service_load.py``: a real uvicorn on 127.0.0.1) serving
   the fused graphs with and without the kernel and today's graphs, and a sweep of batch
@@ -136,6 +137,9 @@ def inference_throughput(
     if threads > 1:
         engines["native_streams"] = Streams(source, threads)
         per_call["native_streams"] = threads
+        # one core's rate: beside native_streams it shows what the other threads add
+        engines["native_1thread"] = variants.Pipeline(source, "native", 1)
+        per_call["native_1thread"] = 1
     if source.checkpoints is not None:
         engines["torch_eager"] = torch_pipeline(source, threads)
         per_call["torch_eager"] = 1

@@ -1,4 +1,4 @@
-"""``bench/report.py``'s settings rule on synthetic sweep rows."""
+"""``bench/report.py``: the settings rule on synthetic sweep rows, and the inference table."""
 
 from __future__ import annotations
 
@@ -54,3 +54,19 @@ def test_a_shorter_wait_that_answers_sooner_is_recommended():
     line = settings_line(run)
     assert "SPIKEGUARD_MAX_BATCH_SIZE=32, SPIKEGUARD_BATCH_WAIT_MS=0 rather than" in line
     assert "defaults (32, 2 ms)" in line
+
+
+def test_inference_table_shows_what_the_other_threads_add():
+    rates = {"unrolled": 50.0, "native": 150.0, "native_streams": 240.0, "native_1thread": 160.0}
+    run = {
+        "inference": [
+            {"engine": engine, "batch": b, "images_per_s": rate * (1 + b / 64)}
+            for engine, rate in rates.items()
+            for b in report.BATCH_SIZES
+        ]
+    }
+    header, _, *rows = report._inference_table(run)[3:]
+    assert header.endswith("| native / today | threads together / one thread alone |")
+    assert [row.rsplit("|", 3)[1:3] for row in rows] == [[" 3.00 ", " 1.50 "]] * 4
+    without = [r for r in run["inference"] if r["engine"] != "native_1thread"]
+    assert "alone" not in "".join(report._inference_table({"inference": without}))
