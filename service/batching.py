@@ -42,6 +42,8 @@ from .runtime import StageResult
 
 log = logging.getLogger("spikeguard.batching")
 
+STOP_WAIT_S = 30.0  # how long stop() waits for the running batches to end
+
 
 class Overloaded(Exception):
     """The queue is full; the client should retry later."""
@@ -114,7 +116,8 @@ class MicroBatcher:
     async def stop(self) -> None:
         """Refuses the queued jobs and those of the batches being gathered or run with
         ``Overloaded``, and returns once every stream thread has ended (a running batch
-        first finishes; its results are dropped)."""
+        first finishes; its results are dropped), or after ``STOP_WAIT_S`` (the threads are
+        daemons: a batch stuck in the model does not keep the process alive)."""
         with self._ready:
             self._stopping = True
             jobs = [job for batch in self._held.values() for job in batch] + list(self._jobs)
@@ -124,7 +127,11 @@ class MicroBatcher:
         for job in jobs:
             if not job.future.done():
                 job.future.set_exception(Overloaded("the service is shutting down"))
+        deadline = time.perf_counter() + STOP_WAIT_S
         while any(thread.is_alive() for thread in self._threads):
+            if time.perf_counter() > deadline:  # a batch stuck in the model: let it be
+                log.warning("an inference stream did not end within %.0f s", STOP_WAIT_S)
+                return
             await asyncio.sleep(0.005)
 
     @property
@@ -225,18 +232,19 @@ class MicroBatcher:
         return jobs
 
     def _run(self, jobs: list[Job]) -> list[JobResult] | BaseException:
-        """Runs one batch; each job's results, or what the batch raised."""
+        """Runs one batch; each job's results, or what the batch raised (answered to its
+        jobs; the stream goes on with the next batch)."""
         started = time.perf_counter()
-        images = np.concatenate([job.images for job in jobs]) if len(jobs) > 1 else None
-        images = jobs[0].images if images is None else images
-        sizes = [job.size for job in jobs]
-        purify = np.repeat([job.purify for job in jobs], sizes)
-        classify = np.repeat([job.classify for job in jobs], sizes)
-        self._metrics.batch_size.observe(len(images))
         try:
+            images = np.concatenate([job.images for job in jobs]) if len(jobs) > 1 else None
+            images = jobs[0].images if images is None else images
+            sizes = [job.size for job in jobs]
+            purify = np.repeat([job.purify for job in jobs], sizes)
+            classify = np.repeat([job.classify for job in jobs], sizes)
+            self._metrics.batch_size.observe(len(images))
             result = self._run_batch(jobs[0].model, images, purify, classify)
-        except BaseException as exc:  # answered, and the stream goes on
-            log.exception("inference failed on a batch of %d images", len(images))
+        except BaseException as exc:
+            log.exception("inference failed on a batch of %d jobs", len(jobs))
             return exc
         for stage, seconds in result.timings.items():
             self._metrics.stage[stage].observe(seconds)

@@ -365,3 +365,31 @@ def test_a_free_stream_starts_its_next_batch_while_the_event_loop_is_busy():
     assert started[2] < unblocked, "the queued batches waited for the event loop"
     for v, result in zip((0.1, 0.2, 0.3), results, strict=True):
         np.testing.assert_allclose(result.result.logits[:, 0], [v], rtol=1e-6)
+
+
+def test_a_failed_batch_answers_its_jobs_and_the_stream_goes_on():
+    calls: list[int] = []
+    echo = echo_batch(calls)
+
+    def run(model, images, purify, classify):
+        if not calls:
+            calls.append(-1)
+            raise ValueError("the model failed on this batch")
+        return echo(model, images, purify, classify)
+
+    async def main():
+        batcher = MicroBatcher(
+            run, Metrics(), max_batch_size=1, batch_wait_ms=0, queue_size=4, streams=1
+        )
+        batcher.start()
+        try:
+            first = batcher.submit(image(0.1), purify=False, classify=True, timeout=5)
+            second = batcher.submit(image(0.2), purify=False, classify=True, timeout=5)
+            return await asyncio.gather(first, second, return_exceptions=True)
+        finally:
+            await batcher.stop()
+
+    failed, served = asyncio.run(main())
+    assert isinstance(failed, ValueError), failed
+    np.testing.assert_allclose(served.result.logits[:, 0], [0.2], rtol=1e-6)
+    assert calls == [-1, 1]
