@@ -112,7 +112,7 @@ class ServiceApp(FastAPI):
     they would behind FastAPI's stack. Everything else (other paths and methods, lifespan)
     is FastAPI's."""
 
-    _plain: dict[str, APIRoute]
+    _plain: dict[str, APIRoute] = {}  # path -> route, set by serve_plain
     _plain_app: ASGIApp
 
     def serve_plain(
@@ -136,14 +136,13 @@ class ServiceApp(FastAPI):
         self._plain_app = RequestMetricsMiddleware(self._endpoint, **request_limits)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        plain = getattr(self, "_plain", None)
         if (
-            plain
+            self._plain
             and scope["type"] == "http"
             and scope["method"] == "POST"
             and not scope.get("root_path")
             and not self.root_path
-            and (route := plain.get(scope["path"])) is not None
+            and (route := self._plain.get(scope["path"])) is not None
         ):
             scope["app"] = self
             scope["route"] = route  # the request metrics label requests by its path
