@@ -236,8 +236,9 @@ class MicroBatcher:
         jobs; the stream goes on with the next batch)."""
         started = time.perf_counter()
         try:
-            images = np.concatenate([job.images for job in jobs]) if len(jobs) > 1 else None
-            images = jobs[0].images if images is None else images
+            images = (
+                np.concatenate([job.images for job in jobs]) if len(jobs) > 1 else jobs[0].images
+            )
             sizes = [job.size for job in jobs]
             purify = np.repeat([job.purify for job in jobs], sizes)
             classify = np.repeat([job.classify for job in jobs], sizes)
