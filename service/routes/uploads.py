@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from ..errors import APIError
+from ..forms import single_file
 from ..imaging import ALLOWED_FORMATS, DecodedImage, decode_opened, open_image
 from ..runtime import Runtime
 from ..state import ServiceState
@@ -30,6 +31,10 @@ INLINE_DECODE_MAX_BYTES = 16 * 1024
 INLINE_DECODE_MAX_PIXELS = 128 * 128
 
 MULTIPART = "multipart/form-data"
+# A form whose declared length is at most this is read whole and tried in the common
+# single-file layout first (service/forms.py); a larger or chunked one streams through the
+# general parser, which spools files past this size to disk (Starlette's default).
+WHOLE_FORM_MAX_BYTES = 1024 * 1024
 # A body with one of these media types is the image itself. The decoder goes by the file's
 # own signature, not by the declared type; an image/* type the service cannot decode is
 # refused with 415 by the decoder, like the same file in a form.
@@ -69,6 +74,14 @@ async def upload_bytes(request: Request, limit: int) -> bytes:
     without exactly one file in ``file``."""
     media = _media_type(request)
     if media == MULTIPART:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) <= WHOLE_FORM_MAX_BYTES:
+            content = single_file(
+                await request.body(), request.headers["content-type"].encode("latin-1")
+            )
+            if content is not None:
+                return content
+            # anything else: the general parser below reads the body already buffered
         async with request.form(max_files=8, max_fields=64) as form:
             items = form.getlist("file")
             if not items:
