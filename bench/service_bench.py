@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import sys
@@ -108,7 +107,7 @@ class Server:
         before, start = server_counters(url), time.perf_counter()
         cpu_before = (process_cpu_seconds(pid), time.process_time())
         loop_before = loop_cpu_seconds(pid)
-        result = asyncio.run(
+        result = service_load.run(
             service_load.run_level(url, images, concurrency, count, purify, upload)
         )
         cpu = (process_cpu_seconds(pid), time.process_time())
