@@ -165,6 +165,32 @@ def inference_throughput(
     ]
 
 
+class RawRate:
+    """The raw pipeline's best images/s right now (the engines and batch sizes of
+    ``report.RAW_ENGINES`` x ``BATCH_SIZES``, one median of ``repeats`` calls each): taken
+    in every service round, between the servers' levels, so that the service and the raw
+    pipeline it is held against are measured minutes apart at most, under the same drift."""
+
+    def __init__(self, source: variants.Source, threads: int, repeats: int):
+        self.engines: dict[str, tuple[Callable, int]] = {
+            "native": (variants.Pipeline(source, "native", threads), 1)
+        }
+        if threads > 1:
+            self.engines["native_streams"] = (Streams(source, threads), threads)
+        self.images = test_images(max(BATCH_SIZES))
+        self.repeats = repeats
+
+    def __call__(self) -> dict:
+        rates = {}
+        for batch in BATCH_SIZES:
+            images = self.images[:batch].copy()
+            for name, (run, per_call) in self.engines.items():
+                seconds = median_seconds(lambda run=run, x=images: run(x), self.repeats)
+                rates[f"{name} {batch}"] = per_call * batch / seconds
+        best = max(rates, key=rates.get)
+        return {"images_per_s": rates[best], "engine_batch": best, "rates": rates}
+
+
 # --------------------------------------------------------------------------- training
 
 
@@ -272,13 +298,14 @@ def measure(args: argparse.Namespace, results: dict, work: Path) -> None:
                 variants.Source("", source.unrolled, source.unrolled),
                 work / "unrolled-model",
             )
-        results["service"] = service_runs(
+        results["service"], results["service_raw_rounds"] = service_runs(
             fused_dir,
             unrolled_dir,
             args.threads,
             args.requests,
             "sweep" not in args.skip,
             args.rounds,
+            RawRate(source, args.threads, args.repeats),
         )
     if "training" not in args.skip:
         print("training...", file=sys.stderr)

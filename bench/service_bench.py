@@ -7,6 +7,7 @@ import contextlib
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import report
@@ -153,15 +154,25 @@ def layout_label(streams: int, threads: int) -> str:
 
 
 def service_runs(
-    fused_dir: Path, unrolled_dir: Path, threads: int, requests: int, sweep: bool, rounds: int
-) -> list[dict]:
+    fused_dir: Path,
+    unrolled_dir: Path,
+    threads: int,
+    requests: int,
+    sweep: bool,
+    rounds: int,
+    raw_rate: Callable[[], dict] | None = None,
+) -> tuple[list[dict], list[dict]]:
     """``/classify`` (purify) at several concurrencies: the fused graphs with the kernel
     (the service's defaults), without it, today's graphs; then the inference layout
     (streams x threads) and batch size x wait. The service gets what its defaults would
     give it on ``threads`` cores: one stream per core, one ORT thread each. Every server
     starts first and stays up; ``rounds`` times, each runs its levels in turn, and a row is
     the median round, so the machine's drift over the minutes of the run (large on a shared
-    host) falls on every setting alike instead of on the ones measured last."""
+    host) falls on every setting alike instead of on the ones measured last. ``raw_rate``
+    measures the raw pipeline at the start of every round (the servers idle meanwhile):
+    returns the rows and those measurements, in round order like each row's ``rounds``.
+    The levels the target ratio is taken from (concurrency 32, form and raw body) send
+    ``LATENCY_REQUESTS_FACTOR`` times the requests, like the lone request's level."""
     base = {
         "SPIKEGUARD_INFERENCE_STREAMS": str(threads),
         "SPIKEGUARD_INTRA_OP_THREADS": "1",
@@ -198,14 +209,18 @@ def service_runs(
             split = core_split(streams * int(settings["SPIKEGUARD_INTRA_OP_THREADS"]))
             servers.append((label, env, levels, Server(directory, settings, split)))
         samples: dict[tuple[int, int], list[dict]] = {}
+        raw_rounds: list[dict] = []
         for round_ in range(rounds):  # every server once per round: drift hits all alike
+            if raw_rate is not None:
+                raw_rounds.append(raw_rate())
             for index, (label, _, levels, server) in enumerate(servers):
                 upload = "raw" if label == report.RAW_BODY else "multipart"
                 for concurrency in levels:
                     # the lone request's p99 is a target: from 5x the requests (at 200 it
-                    # is the second-slowest request, one hiccup of the machine)
-                    lone = label == "native" and concurrency == 1
-                    count = LATENCY_REQUESTS_FACTOR * requests if lone else requests
+                    # is the second-slowest request, one hiccup of the machine); so is the
+                    # throughput at 32, which 200 requests measure over a third of a second
+                    target = label in ("native", report.RAW_BODY) and concurrency in (1, 32)
+                    count = LATENCY_REQUESTS_FACTOR * requests if target else requests
                     row = server.level(images, concurrency, count, True, upload)
                     samples.setdefault((index, concurrency), []).append(row)
             print(f"  service round {round_ + 1} of {rounds} done", file=sys.stderr)
@@ -231,7 +246,7 @@ def service_runs(
             file=sys.stderr,
         )
         rows.append(result)
-    return rows
+    return rows, raw_rounds
 
 
 def median_run(runs: list[dict]) -> dict:

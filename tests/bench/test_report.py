@@ -70,3 +70,28 @@ def test_inference_table_shows_what_the_other_threads_add():
     assert [row.rsplit("|", 3)[1:3] for row in rows] == [[" 3.00 ", " 1.50 "]] * 4
     without = [r for r in run["inference"] if r["engine"] != "native_1thread"]
     assert "alone" not in "".join(report._inference_table({"inference": without}))
+
+
+def test_the_service_ratio_pairs_each_round_with_the_raw_rate_beside_it():
+    """The target ratio is the median of the rounds' own ratios (each round's req/s over the
+    raw rate measured at its start), not the median req/s over the inference section's
+    best; without per-round raw rates it falls back to the latter."""
+    inference = [
+        {"engine": "native_streams", "batch": b, "images_per_s": rate}
+        for b, rate in ((8, 600.0), (32, 550.0))
+    ]
+    row = {"requests_per_s": 450.0, "rounds": [450.0, 300.0, 520.0]}
+    raw_rounds = [
+        {"images_per_s": rate, "engine_batch": "native_streams 8"} for rate in (500, 400, 650)
+    ]
+    run = {"inference": inference, "service_raw_rounds": raw_rounds}
+    value, name = report.service_ratio(run, row, "multipart form")
+    assert value == 0.8  # median of 0.9, 0.75, 0.8
+    assert "450/500, 300/400, 520/650" in name and "600/s, 0.75" in name
+    value, name = report.service_ratio({"inference": inference}, row, "multipart form")
+    assert value == 0.75 and "batch 8: 600/s" in name
+    text = "\n".join(report._service_table(run | {"service": [
+        {"mode": "native", "max_batch_size": 32, "batch_wait_ms": 0, "concurrency": 32,
+         "requests": 1000, "requests_per_s": 450.0, "p50_ms": 60.0, "p99_ms": 90.0,
+         "errors": {}}]}))  # fmt: skip
+    assert "round 2: 400 images/s (one batch per thread, batch 8)" in text
