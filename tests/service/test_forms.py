@@ -189,36 +189,13 @@ def png_form_from(encoder: str, png: bytes) -> tuple[bytes, bytes]:
     if encoder == "urllib3":  # requests' encoder
         body, content_type = encode_multipart_formdata({"file": ("x.png", png, "image/png")})
         return body, content_type.encode()
-    if encoder == "curl":  # curl -F file=@x.png (curl 7.88)
-        boundary = b"------------------------5f6bd0b1a1c3c2a9"
-        return (
-            form(
-                [
-                    (
-                        b'Content-Disposition: form-data; name="file"; filename="x.png"',
-                        [b"Content-Type: image/png"],
-                        png,
-                    )
-                ],
-                boundary,
-            ),
-            b"multipart/form-data; boundary=" + boundary,
-        )
-    if encoder == "chromium":  # a page's FormData from <input type=file>
-        boundary = b"----WebKitFormBoundary7MA4YWxkTrZu0gW"
-        return (
-            form(
-                [
-                    (
-                        b'Content-Disposition: form-data; name="file"; filename="x.png"',
-                        [b"Content-Type: image/png"],
-                        png,
-                    )
-                ],
-                boundary,
-            ),
-            b"multipart/form-data; boundary=" + boundary,
-        )
+    boundary = {  # curl -F file=@x.png (curl 7.88); a page's FormData from <input type=file>
+        "curl": b"------------------------5f6bd0b1a1c3c2a9",
+        "chromium": b"----WebKitFormBoundary7MA4YWxkTrZu0gW",
+    }.get(encoder)
+    if boundary is not None:
+        part = (CANONICAL_DISPOSITION, [b"Content-Type: image/png"], png)
+        return form([part], boundary), b"multipart/form-data; boundary=" + boundary
     raise AssertionError(encoder)
 
 
