@@ -46,8 +46,7 @@ def _raw_best(results: dict) -> tuple[float, str]:
     value, engine, batch = max(
         (inf[(e, b)], e, b) for e in RAW_ENGINES for b in BATCH_SIZES if (e, b) in inf
     )
-    how = "one batch per thread" if engine == "native_streams" else "one batch on all threads"
-    return value, f"native, {how}, batch {batch}"
+    return value, f"native, {_engine_batch(f'{engine} {batch}')}"
 
 
 def service_ratio(results: dict, row: dict, form: str) -> tuple[float, str]:
@@ -515,6 +514,7 @@ def _service_table(results: dict) -> list[str]:
 
 
 def _engine_batch(key: str) -> str:
+    """``"native_streams 8"`` -> ``"one batch per thread, batch 8"``."""
     engine, batch = key.rsplit(" ", 1)
     how = "one batch per thread" if engine == "native_streams" else "one batch on all threads"
     return f"{how}, batch {batch}"
