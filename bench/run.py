@@ -126,33 +126,39 @@ class Streams:
         return list(self.pool.map(self.pipeline, [images] * self.streams))
 
 
+Engines = dict[str, tuple[Callable, int]]  # name -> (run, batches one call infers)
+
+
+def engine_rates(engines: Engines, test_set: np.ndarray, repeats: int) -> dict:
+    """images/s of every engine at every batch size: one median of ``repeats`` calls each,
+    on the first ``batch`` of ``test_set``."""
+    rates = {}
+    for batch in BATCH_SIZES:
+        images = test_set[:batch].copy()
+        for name, (run, per_call) in engines.items():
+            seconds = median_seconds(lambda run=run, x=images: run(x), repeats)
+            rates[name, batch] = per_call * batch / seconds
+    return rates
+
+
 def inference_throughput(
     source: variants.Source, threads: int, repeats: int, rounds: int
 ) -> list[dict]:
     """images/s by engine and batch size, engines interleaved within every round."""
-    engines: dict[str, Callable] = {
-        v: variants.Pipeline(source, v, threads) for v in variants.VARIANTS
-    }
-    per_call = dict.fromkeys(engines, 1)  # batches one call infers
+    engines: Engines = {v: (variants.Pipeline(source, v, threads), 1) for v in variants.VARIANTS}
     if threads > 1:
-        engines["native_streams"] = Streams(source, threads)
-        per_call["native_streams"] = threads
+        engines["native_streams"] = (Streams(source, threads), threads)
         # one core's rate: beside native_streams it shows what the other threads add
-        engines["native_1thread"] = variants.Pipeline(source, "native", 1)
-        per_call["native_1thread"] = 1
+        engines["native_1thread"] = (variants.Pipeline(source, "native", 1), 1)
     if source.checkpoints is not None:
-        engines["torch_eager"] = torch_pipeline(source, threads)
-        per_call["torch_eager"] = 1
+        engines["torch_eager"] = (torch_pipeline(source, threads), 1)
     # the Fashion-MNIST test images the service is sent (bench/service_load.py), so that the
     # raw pipeline and the service fire the same spikes
     test_set = test_images(max(BATCH_SIZES))
     samples: dict[tuple[str, int], list[float]] = {}
     for _ in range(rounds):
-        for batch in BATCH_SIZES:
-            images = test_set[:batch].copy()
-            for name, run in engines.items():
-                seconds = median_seconds(lambda run=run, x=images: run(x), repeats)
-                samples.setdefault((name, batch), []).append(per_call[name] * batch / seconds)
+        for key, rate in engine_rates(engines, test_set, repeats).items():
+            samples.setdefault(key, []).append(rate)
         print(f"  round done: {len(samples)} measurements", file=sys.stderr)
     return [
         {
@@ -172,21 +178,17 @@ class RawRate:
     pipeline it is held against are measured minutes apart at most, under the same drift."""
 
     def __init__(self, source: variants.Source, threads: int, repeats: int):
-        self.engines: dict[str, tuple[Callable, int]] = {
-            "native": (variants.Pipeline(source, "native", threads), 1)
-        }
+        self.engines: Engines = {"native": (variants.Pipeline(source, "native", threads), 1)}
         if threads > 1:
             self.engines["native_streams"] = (Streams(source, threads), threads)
         self.images = test_images(max(BATCH_SIZES))
         self.repeats = repeats
 
     def __call__(self) -> dict:
-        rates = {}
-        for batch in BATCH_SIZES:
-            images = self.images[:batch].copy()
-            for name, (run, per_call) in self.engines.items():
-                seconds = median_seconds(lambda run=run, x=images: run(x), self.repeats)
-                rates[f"{name} {batch}"] = per_call * batch / seconds
+        rates = {
+            f"{name} {batch}": rate
+            for (name, batch), rate in engine_rates(self.engines, self.images, self.repeats).items()
+        }
         best = max(rates, key=rates.get)
         return {"images_per_s": rates[best], "engine_batch": best, "rates": rates}
 
