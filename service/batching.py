@@ -190,8 +190,9 @@ class MicroBatcher:
         """The images this batch may take: ``max_batch_size``, and with several streams and
         no batch wait no more than an even share of the queued images (its first job's
         included), so that the next stream to come free finds the rest instead of one batch
-        taking everything while the other streams idle; on CPU one thread runs a small
-        batch about as fast per image as a big one (docs/benchmarks.md)."""
+        taking everything while the other streams idle; on CPU one thread runs a batch of one
+        at 0.76-0.98 of its per-image rate at batch 32 (docs/benchmarks.md), less than an
+        idle core loses."""
         if self.streams == 1 or self._wait > 0:  # a wait asks for company: up to the cap
             return self.max_batch_size
         queued = first.size + self._queued_images
