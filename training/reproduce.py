@@ -198,7 +198,8 @@ def run_study(
             continue
         if row.state in ("done", "cut"):
             if row.state == "cut":
-                print(f"cut (over the budget): {stage.name}", file=sys.stderr)
+                reason = "over the budget, or a stage it needs is"
+                print(f"cut ({reason}): {stage.name}", file=sys.stderr)
             continue
         if not needs_done(stage, out):
             print(f"skipping {stage.name}: not finished: {list(stage.needs)}", file=sys.stderr)

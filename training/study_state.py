@@ -244,18 +244,20 @@ def study_status(study: Study, out: Path, args, budget_hours: float) -> list[Sta
     """Every stage's status. What every stage has spent is gone from the budget; in plan
     order each unfinished stage then gets what is left: one whose estimate does not fit is
     cut and the later ones go on in order, so a dear stage does not take the cheaper ones
-    after it down with it. An unfinished training stage whose every dependant is cut is cut
-    too (its weights would serve no row)."""
+    after it down with it. A stage that needs a cut one is cut too and takes nothing from
+    the budget (it could not run); an unfinished training stage whose every dependant is cut
+    is cut too (its weights would serve no row)."""
     rows = [stage_status(stage, study, out, args) for stage in study.stages]
+    state = {row.name: row for row in rows}
     left = budget_hours * 3600 - sum(row.spent_s for row in rows)
-    for row in rows:
+    for stage, row in zip(study.stages, rows, strict=True):  # plan order: needs come first
         if row.state == "done":
             continue
-        if (row.left_s or 0.0) > left:
+        need_cut = any(need in state and state[need].state == "cut" for need in stage.needs)
+        if need_cut or (row.left_s or 0.0) > left:
             row.state = "cut"
         else:
             left -= row.left_s or 0.0
-    state = {row.name: row for row in rows}
     for stage in reversed(study.stages):
         dependants = [s.name for s in study.stages if stage.name in s.needs]
         row = state[stage.name]
@@ -312,6 +314,7 @@ def write_results(study: Study, out: Path, args) -> Path:
     rows = study_status(study, out, args, args.budget_hours)
     payload = {
         "preset": study.preset,
+        "budget_hours": args.budget_hours,  # the cuts below are against it
         "stages": [row.__dict__ for row in rows],
         "cut_from_plan": [{"row": n, "reason": r} for n, r in study.cut],
         "training": training,

@@ -262,6 +262,35 @@ def test_a_stage_over_the_budget_is_cut_and_the_cheaper_ones_after_it_still_run(
     assert [r.name for r in rows if r.state == "cut"] == ["src", "transfer", "late"]
 
 
+def test_a_stage_that_needs_a_cut_one_is_cut_and_leaves_its_time_to_the_later_ones(monkeypatch):
+    # adapt (a training run) does not fit; its evaluation would, but cannot run without it,
+    # so it is cut too and the later row gets the time it would have reserved
+    from training import study_state
+
+    study = Study(
+        "tiny-study",
+        (
+            TrainStage("clf", 1, "train-classifier"),
+            TrainStage("adapt", 2, "train-classifier"),
+            EvalStage("adapt-eval", 2, {"adaptive": ("clf", "adapt")}, ("pgd",)),
+            EvalStage("late", 3, {"none": ("clf", None)}, ("fgsm",)),
+        ),
+    )
+    cost = {"clf": 100.0, "adapt": 5000.0, "adapt-eval": 1000.0, "late": 3000.0}
+
+    def status(stage, study, out, args):
+        return study_state.StageStatus(stage.name, stage.group, "x", "pending", "", 0.0,
+                                       cost[stage.name])  # fmt: skip
+
+    monkeypatch.setattr(study_state, "stage_status", status)
+    rows = study_state.study_status(study, OUT, None, budget_hours=1.0)
+    assert {r.name: r.state for r in rows} == {
+        "clf": "pending", "adapt": "cut", "adapt-eval": "cut", "late": "pending",
+    }  # fmt: skip
+    rows = study_state.study_status(study, OUT, None, budget_hours=2.6)
+    assert {r.name: r.state for r in rows} == dict.fromkeys(cost, "pending")
+
+
 def test_a_stage_sets_its_batch_size_and_its_cost_per_image(tmp_path):
     # AutoAttack on the robust model: small batches (each is committed) and its own prior
     from training.study_plan import AUTOATTACK_ROBUST_SECONDS_PER_IMAGE, study_plan

@@ -73,6 +73,7 @@ class StudyData:
     # planned detection settings by stage: (threat model, attack, steps)
     detection_plan: dict[str, list[tuple]] = field(default_factory=dict)
     plan_error: str | None = None
+    budget_hours: float | None = None  # the budget results.json's cuts were made against
 
     def select(self, stage_prefix: str | tuple[str, ...], purpose: str = "table") -> list[Row]:
         return [r for r in self.rows if r.stage.startswith(stage_prefix) and r.purpose == purpose]
@@ -165,6 +166,7 @@ def load(root: str | Path) -> StudyData:
         training=payload.get("training", {}),
         plan_error=plan_error,
         detection_plan=detection_plan,
+        budget_hours=payload.get("budget_hours"),
     )
     for name in data.training:
         config = _read_json(root / name / "config.json")

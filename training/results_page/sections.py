@@ -347,13 +347,14 @@ def stages(data: StudyData) -> list[str]:
     out += table(header, body) if body else ["results.json lists no stage."]
     waiting = [s["name"] for s in data.stages if s.get("state") in ("pending", "partial")]
     cut = [s["name"] for s in data.stages if s.get("state") == "cut"]
+    budget = "" if data.budget_hours is None else f" ({data.budget_hours:g} core-hours)"
     out += [
         "",
         f"Pending or partial: {', '.join(waiting) if waiting else 'none'}. "
         f"Cut because its estimate did not fit in what was left of the study's core-hour "
-        f"budget after every stage's spent time and the estimates of the stages before it (a "
-        f"training stage also when every row that needs it is cut): "
-        f"{', '.join(cut) if cut else 'none'}.",
+        f"budget{budget} after every stage's spent time and the estimates of the stages "
+        f"before it (a stage also when one it needs is cut, a training stage when every row "
+        f"that needs it is cut): {', '.join(cut) if cut else 'none'}.",
     ]
     if data.cut_from_plan:
         out += ["", "Rows left out of the plan:", ""]

@@ -191,6 +191,7 @@ def study(tmp_path: Path) -> Path:
     root.mkdir(parents=True)
     payload = {
         "preset": "cpu-fashion-mnist",
+        "budget_hours": 20.0,
         "stages": [
             _stage("clf-k3", 1, "train", "done", "epoch 16 of 16", 7200.0, 0.0, "cpu"),
             _stage("purifier", 2, "train", "done", "epoch 5 of 5", 1800.0, 0.0, "cpu"),
@@ -306,6 +307,7 @@ def test_detection_stages_and_devices(page):
     assert row.count(MISSING) == 5
     assert "95th percentile of the noise map" in text and "lead, not a result" in text
     assert "figure5-eps" in _line(text, "Cut because")
+    assert "budget (20 core-hours)" in _line(text, "Cut because")
     assert "purifier-adaptive" in text and "over the 20 core-hour budget" in text
     assert "headline-adv" in _line(text, "Pending or partial")
 
